@@ -1,0 +1,147 @@
+"""Typed settings: hearth.yaml, then HEARTH_* environment, then flags.
+
+Every service has one settings class derived from :class:`ServiceSettings`.
+A field ``listen`` of orchestratord is read, last one winning, from:
+
+1. hearth.yaml, top level (shared keys) and then the ``orchestrator:`` section;
+2. the environment: ``HEARTH_LISTEN`` (shared), then ``HEARTH_ORCHESTRATOR_LISTEN``;
+3. the command line: ``--listen``.
+
+The file is ``--config FILE``, else ``$HEARTH_CONFIG``, else none. Settings are
+validated at start; :func:`load_settings` exits with one clear message naming
+every bad field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ModelConfig(BaseModel):
+    """One model in the models config (the `models:` list of hearth.yaml)."""
+
+    name: str = Field(description="The name jobs use to ask for this model.")
+    path: str = Field(default="", description="Local folder of the weights (transformers engine).")
+    context_length: int = Field(default=2048, gt=0, description="Prompt plus completion, in tokens.")
+    roles: list[str] = Field(default_factory=list, description="Roles this model is the default for.")
+    engine: str = Field(default="transformers", description="The engine kind that serves it.")
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has. Subclasses set ``service`` (the yaml section
+    and the env infix, e.g. ``orchestrator``)."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+
+    service: ClassVar[str] = ""
+    config_file: ClassVar[Path | None] = None
+
+    listen: str = Field(default="127.0.0.1:0", description="host:port the gRPC server binds.")
+    advertise_address: str = Field(
+        default="", description="host:port others use to reach this service; defaults to the bound address."
+    )
+    metrics_listen: str = Field(default="", description="host:port for Prometheus /metrics; empty disables.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
+    data_dir: Path = Field(default=Path(".hearth"), description="State folder (embedded mode, trace files).")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_format: str = Field(default="json", description="json or text.")
+    otlp_endpoint: str = Field(default="", description="OTLP gRPC endpoint for spans; empty disables.")
+    trace_to_files: bool = Field(default=True, description="Also write spans to <data_dir>/traces/.")
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0, description="How long running RPCs may finish.")
+    models: list[ModelConfig] = Field(default_factory=list, description="The models config.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in {"json", "text"}:
+            raise ValueError("must be json or text")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            EnvSettingsSource(settings_cls, env_prefix=f"HEARTH_{cls.service.upper()}_"),
+            EnvSettingsSource(settings_cls, env_prefix="HEARTH_"),
+        ]
+        if cls.config_file is not None:
+            data = _read_yaml(cls.config_file)
+            sources.append(_DictSource(settings_cls, data.get(cls.service) or {}))
+            sources.append(_DictSource(settings_cls, {k: v for k, v in data.items() if not isinstance(v, dict)}))
+        return tuple(sources)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise SystemExit(f"hearth: cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SystemExit(f"hearth: config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"hearth: config {path} must be a mapping at the top level")
+    return data
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
+    """Build and validate settings from the config file, environment and
+    flags. Exits the process with a clear message when they are invalid."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=os.environ.get("HEARTH_CONFIG") or None)
+    known, rest = pre.parse_known_args(argv)
+    config = Path(known.config) if known.config else None
+    bound = type(cls.__name__, (cls,), {"config_file": config, "__module__": cls.__module__})
+    try:
+        cli = CliSettingsSource(bound, cli_prog_name=cls.service + "d", cli_kebab_case=True, cli_parse_args=rest)
+        return bound(_cli_settings_source=cli(args=rest))  # type: ignore[no-any-return]
+    except ValidationError as err:
+        lines = [f"{cls.service}d: invalid settings" + (f" (config {config})" if config else "") + ":"]
+        for problem in err.errors():
+            where = ".".join(str(p) for p in problem["loc"])
+            env = f"HEARTH_{cls.service.upper()}_{str(problem['loc'][0]).upper()}"
+            lines.append(f"  {where}: {problem['msg']} (flag --{where.replace('_', '-')}, env {env})")
+        raise SystemExit("\n".join(lines)) from None
