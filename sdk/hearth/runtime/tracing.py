@@ -87,14 +87,17 @@ class Telemetry:
         trace.set_tracer_provider(self.provider)
 
     def server_interceptors(self) -> list[object]:
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-        return [aio_server_interceptor(tracer_provider=self.provider)]
+        # Only Hearth's own RPCs: health checks and reflection are noise in a job's trace.
+        return [aio_server_interceptor(tracer_provider=self.provider, filter_=filters.service_prefix("hearth."))]
 
     def client_interceptors(self) -> list[object]:
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 
-        return list(aio_client_interceptors(tracer_provider=self.provider))
+        return list(
+            aio_client_interceptors(tracer_provider=self.provider, filter_=filters.service_prefix("hearth."))
+        )
 
     def shutdown(self) -> None:
         """Flush and close exporters. Safe to call twice."""

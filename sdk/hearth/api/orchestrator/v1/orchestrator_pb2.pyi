@@ -111,8 +111,9 @@ class JobSpec(_message.Message):
     role: _builtins.str
     """The agent role; empty means the default role."""
     max_tokens: _builtins.int
-    """Upper bound on generated tokens; 0 means the default (256). Must fit in
-    the model's context together with the prompt.
+    """Upper bound on generated tokens, at least 1; unset means the
+    orchestrator's default (256). Must fit in the model's context together
+    with the prompt.
     """
     temperature: _builtins.float
     """0 means greedy decoding; at most 2."""
@@ -141,7 +142,7 @@ class JobSpec(_message.Message):
         prompt: _builtins.str = ...,
         model: _builtins.str = ...,
         role: _builtins.str = ...,
-        max_tokens: _builtins.int = ...,
+        max_tokens: _builtins.int | None = ...,
         temperature: _builtins.float = ...,
         seed: _builtins.int = ...,
         priority: Global___Priority.ValueType = ...,
@@ -152,11 +153,13 @@ class JobSpec(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_tokens", b"max_tokens", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "max_tokens", b"max_tokens", "model", b"model", "priority", b"priority", "project_id", b"project_id", "prompt", b"prompt", "role", b"role", "seed", b"seed", "store_in_memory", b"store_in_memory", "task_id", b"task_id", "temperature", b"temperature", "timeout", b"timeout", "use_memory_context", b"use_memory_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "labels", b"labels", "max_tokens", b"max_tokens", "model", b"model", "priority", b"priority", "project_id", b"project_id", "prompt", b"prompt", "role", b"role", "seed", b"seed", "store_in_memory", b"store_in_memory", "task_id", b"task_id", "temperature", b"temperature", "timeout", b"timeout", "use_memory_context", b"use_memory_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 

@@ -1,0 +1,369 @@
+"""The embedded stack: what ``hearth up`` runs, and what the end-to-end tests
+start.
+
+:class:`Stack` starts a private NATS and PostgreSQL unless URLs are
+configured, builds a tiny random model when no model is configured, writes one
+effective config file that every service reads, and runs the five services as
+separate processes, as in production. Their log lines are relayed with the
+service's name as a prefix. ``stop()`` stops them in the reverse order of
+start (orchestratord first, so no new work arrives), then the infrastructure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from hearth.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+log = logging.getLogger(__name__)
+
+#: Name of the file, in the data dir, that tells clients where the stack is.
+STACK_FILE = "stack.json"
+TINY_MODEL_NAME = "tiny-llama"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service process: its name, module and yaml section."""
+
+    name: str
+    module: str
+    section: str
+
+
+#: In start order. Stop runs in reverse.
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("memoryd", "memoryd", "memory"),
+    ServiceSpec("routerd", "routerd", "router"),
+    ServiceSpec("pool-managerd", "pool_managerd", "pool_manager"),
+    ServiceSpec("workerd", "workerd", "worker"),
+    ServiceSpec("orchestratord", "orchestratord", "orchestrator"),
+)
+
+
+@dataclass
+class StackOptions:
+    """How to run the stack.
+
+    Attributes:
+        data_dir: state: the embedded Postgres and NATS, Qdrant, models, traces.
+        config: the user's hearth.yaml as a mapping (may be empty).
+        log_sink: where relayed service log lines go (None: discard).
+        pretty_logs: render JSON log lines as short text lines.
+        health_timeout: how long to wait for all services to serve.
+        extra_workers: more workerd processes, each a mapping of worker
+            settings (engine, model, max_concurrency, sim_*...) that override
+            the `worker:` section for that process.
+    """
+
+    data_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    log_sink: TextIO | None = None
+    pretty_logs: bool = True
+    health_timeout: float = 180.0
+    extra_workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Stack:
+    """The whole Hearth stack on one machine. ``start()``/``stop()``; stop is
+    safe to call twice and after a failed start."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.resolve()
+        self.config_path = self.data_dir / "hearth.effective.yaml"
+        self.addresses: dict[str, str] = {}
+        self.config: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self._nats: EmbeddedNats | None = None
+        self._postgres: EmbeddedPostgres | None = None
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Extra workers: name -> environment overriding the worker section.
+        self._worker_env: dict[str, dict[str, str]] = {}
+        self._relays: list[threading.Thread] = []
+        self._sink_lock = threading.Lock()
+        self._stopped = False
+
+    # -- configuration -------------------------------------------------------
+
+    def prepare(self) -> dict[str, Any]:
+        """Start the infrastructure that is not configured and write the
+        effective config. Returns it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg: dict[str, Any] = json.loads(json.dumps(self.options.config or {}))  # deep copy
+        cfg.setdefault("data_dir", str(self.data_dir))
+        for spec in SERVICES:
+            section = cfg.setdefault(spec.section, {}) or {}
+            cfg[spec.section] = section
+            section.setdefault("listen", f"127.0.0.1:{free_port()}")
+            self.addresses[spec.name] = section["listen"]
+
+        if not cfg.get("nats_url"):
+            self._nats = EmbeddedNats(self.data_dir / "nats")
+            self._nats.start()
+            cfg["nats_url"] = self._nats.url
+        orch = cfg["orchestrator"]
+        if not orch.get("database_url"):
+            self._postgres = EmbeddedPostgres(self.data_dir / "postgres")
+            self._postgres.start()
+            orch["database_url"] = self._postgres.url
+        orch.setdefault("router_address", self.addresses["routerd"])
+        orch.setdefault("pool_address", self.addresses["pool-managerd"])
+        orch.setdefault("memory_address", self.addresses["memoryd"])
+
+        worker = cfg["worker"]
+        if not cfg.get("models") and worker.get("engine", "transformers") == "transformers":
+            from hearth.tinymodel import build_tiny_llama
+
+            path = build_tiny_llama(self.data_dir / "models" / TINY_MODEL_NAME)
+            cfg["models"] = [
+                {"name": TINY_MODEL_NAME, "path": str(path), "context_length": 2048, "roles": ["default"]}
+            ]
+            self.notes.append(
+                f"No model configured: using {TINY_MODEL_NAME}, a tiny randomly initialised model made in "
+                f"{path}. Its text is noise. To serve a real model, list it in hearth.yaml, e.g.\n"
+                "  models:\n    - name: qwen2.5-0.5b\n      path: /models/Qwen2.5-0.5B-Instruct\n"
+                "      context_length: 32768\n      roles: [default]\n"
+                "and start with `hearth up --config hearth.yaml`."
+            )
+        if not worker.get("model") and cfg.get("models"):
+            worker["model"] = cfg["models"][0]["name"]
+        for index, overrides in enumerate(self.options.extra_workers, start=2):
+            name = f"workerd-{index}"
+            values = {"listen": f"127.0.0.1:{free_port()}", "worker_id": name, **overrides}
+            self._worker_env[name] = {f"HEARTH_WORKER_{k.upper()}": str(v) for k, v in values.items()}
+            self.addresses[name] = values["listen"]
+        self.config = cfg
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return cfg
+
+    # -- processes -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything and wait until every service is healthy and a
+        worker has joined the pool."""
+        try:
+            self.prepare()
+            for name in self.service_names():
+                self.start_service(name)
+            self.wait_ready(self.options.health_timeout)
+            self.write_stack_file()
+        except BaseException:
+            self.stop()
+            raise
+
+    def service_names(self) -> list[str]:
+        """Every service process in start order (extra workers after workerd)."""
+        names = [spec.name for spec in SERVICES]
+        at = names.index("workerd") + 1
+        return names[:at] + list(self._worker_env) + names[at:]
+
+    def start_service(self, name: str) -> None:
+        spec = _spec("workerd" if name in self._worker_env else name)
+        env = dict(os.environ)
+        env.update(self._worker_env.get(name, {}))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [sys.executable, "-m", spec.module, "--config", str(self.config_path)]
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._procs[name] = proc
+        relay = threading.Thread(target=self._relay, args=(name, proc), daemon=True, name=f"relay-{name}")
+        relay.start()
+        self._relays.append(relay)
+
+    def _relay(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            sink = self.options.log_sink
+            if sink is None or not line:
+                continue
+            text = _pretty(line) if self.options.pretty_logs else line
+            with self._sink_lock:
+                sink.write(f"{name:>13} | {text}\n")
+                sink.flush()
+        code = proc.wait()
+        if not self._stopped and self.options.log_sink is not None:
+            with self._sink_lock:
+                self.options.log_sink.write(f"{name:>13} | exited with code {code}\n")
+                self.options.log_sink.flush()
+
+    def wait_ready(self, timeout: float) -> None:
+        import asyncio
+
+        from hearth.embedded import wait_healthy
+
+        async def ready() -> None:
+            for name in self.service_names():
+                address = self.addresses[name]
+                proc = self._procs.get(name)
+                deadline = time.monotonic() + timeout
+                while True:
+                    if proc is not None and proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited with code {proc.returncode} during start")
+                    try:
+                        await wait_healthy(address, timeout=1.0)
+                        break
+                    except TimeoutError:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"{name} not healthy after {timeout:.0f}s") from None
+            await self._wait_worker_joined(timeout)
+
+        asyncio.run(ready())
+
+    async def _wait_worker_joined(self, timeout: float) -> None:
+        import asyncio
+
+        import grpc
+
+        from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.addresses["pool-managerd"]) as channel:
+            stub = pool_pb2_grpc.PoolServiceStub(channel)
+            while True:
+                reply = await stub.ListWorkers(pool_pb2.ListWorkersRequest(), timeout=2)
+                if len(reply.workers) >= 1 + len(self._worker_env):
+                    self.addresses["workers"] = ",".join(w.info.address for w in reply.workers)
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no worker joined the pool")
+                await asyncio.sleep(0.1)
+
+    def write_stack_file(self) -> Path:
+        info = {
+            "orchestrator": self.addresses["orchestratord"],
+            "router": self.addresses["routerd"],
+            "pool_manager": self.addresses["pool-managerd"],
+            "memory": self.addresses["memoryd"],
+            "workers": [a for a in self.addresses.get("workers", "").split(",") if a],
+            "nats_url": self.config.get("nats_url", ""),
+            "data_dir": str(self.data_dir),
+            "pid": os.getpid(),
+        }
+        path = self.data_dir / STACK_FILE
+        path.write_text(json.dumps(info, indent=2))
+        return path
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return self._procs[name]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one service (tests use it to kill a worker)."""
+        proc = self._procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+
+    def stop_service(self, name: str, timeout: float = 20.0) -> int | None:
+        proc = self._procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", name, timeout)
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def restart_service(self, name: str) -> None:
+        self.stop_service(name)
+        self.start_service(name)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for name in reversed(self.service_names()):
+            self.stop_service(name)
+        for relay in self._relays:
+            relay.join(timeout=5)
+        if self._nats is not None:
+            self._nats.stop()
+        if self._postgres is not None:
+            self._postgres.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STACK_FILE).unlink()
+
+
+def _spec(name: str) -> ServiceSpec:
+    for spec in SERVICES:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown service {name!r}; one of {', '.join(s.name for s in SERVICES)}")
+
+
+def _pretty(line: str) -> str:
+    """A JSON log line as 'level message' (trace id shortened), else as is."""
+    if not line.startswith("{"):
+        return line
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line
+    text = f"{entry.get('level', ''):<7} {entry.get('message', '')}"
+    if entry.get("trace_id"):
+        text += f"  trace={entry['trace_id'][:8]}"
+    if entry.get("exception"):
+        text += "\n" + str(entry["exception"])
+    return text
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    """Read a hearth.yaml into a mapping, with a clear message on error."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise SystemExit(f"hearth: cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SystemExit(f"hearth: {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"hearth: {path} must hold a mapping")
+    return data
+
+
+def run_until_signal(stack: Stack, on_ready: Callable[[], None] | None = None) -> int:
+    """Start the stack, wait for SIGINT/SIGTERM, stop. Returns an exit code."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.start()
+        if on_ready is not None:
+            on_ready()
+        while not stopping.wait(0.5):
+            pass
+        return 0
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
