@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from pydantic import model_validator
 
 from hearth.runtime.logs import JsonFormatter
 from hearth.runtime.redaction import REDACTED, redact
@@ -97,3 +98,20 @@ def test_generated_code_is_fresh() -> None:
         [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+class _Checked(ServiceSettings):
+    service: ClassVar[str] = "checked"
+    low: int = 1
+    high: int = 2
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Checked:
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+
+def test_model_level_check_is_reported_without_a_field() -> None:
+    with pytest.raises(SystemExit, match="low must not exceed high"):
+        load_settings(_Checked, ["--low", "5"])

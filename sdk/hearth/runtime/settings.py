@@ -141,6 +141,9 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
     except ValidationError as err:
         lines = [f"{cls.service}d: invalid settings" + (f" (config {config})" if config else "") + ":"]
         for problem in err.errors():
+            if not problem["loc"]:  # a model-level check: no single field to name
+                lines.append(f"  {problem['msg']}")
+                continue
             where = ".".join(str(p) for p in problem["loc"])
             env = f"HEARTH_{cls.service.upper()}_{str(problem['loc'][0]).upper()}"
             lines.append(f"  {where}: {problem['msg']} (flag --{where.replace('_', '-')}, env {env})")

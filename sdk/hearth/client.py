@@ -1,0 +1,933 @@
+"""The Hearth client SDK: jobs, streams, workers, memory and health.
+
+Two clients with the same methods:
+
+- :class:`AsyncClient` for asyncio code::
+
+      async with AsyncClient.from_env() as client:
+          stream = client.run("Explain KV caches in one paragraph.")
+          async for text in stream:
+              print(text, end="", flush=True)
+          job = await stream.result()
+
+- :class:`Client` for plain scripts; it runs an :class:`AsyncClient` on a
+  private event loop in one background thread, which :meth:`Client.close`
+  stops and joins::
+
+      with Client.from_env() as client:
+          for text in client.run("Hello"):
+              print(text, end="")
+
+Every gRPC error is raised as the matching class of :mod:`hearth.errors`,
+chosen by status code and carrying the server's stable ``reason``, its
+``metadata`` and, for retryable errors, ``retry_after`` in seconds::
+
+    try:
+        client.submit("hi")
+    except hearth.errors.ResourceExhausted as e:
+        if e.reason == "QUEUE_FULL":
+            time.sleep(e.retry_after or 1.0)
+
+Addresses come from the constructor or from :meth:`AsyncClient.from_env`,
+which reads ``HEARTH_<SERVICE>_ADDRESS`` and then the ``stack.json`` that
+``hearth up`` writes into its data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar, cast
+
+import grpc
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hearth.api.events.v1 import events_pb2
+from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
+from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
+from hearth.errors import FailedPrecondition, HearthError, InvalidArgument, Unavailable, from_rpc_error
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Environment variables naming each service's address, read by ``from_env``.
+ADDRESS_ENV: Final[Mapping[str, str]] = {
+    "orchestrator": "HEARTH_ORCHESTRATOR_ADDRESS",
+    "pool": "HEARTH_POOL_ADDRESS",
+    "memory": "HEARTH_MEMORY_ADDRESS",
+    "router": "HEARTH_ROUTER_ADDRESS",
+}
+#: Where ``hearth up`` keeps its state unless told otherwise.
+DEFAULT_DATA_DIR: Final = ".hearth"
+#: The file ``hearth up`` writes into its data dir with the running stack's addresses.
+STACK_FILE: Final = "stack.json"
+
+# stack.json key -> client address name.
+_STACK_KEYS: Final[Mapping[str, str]] = {
+    "orchestrator": "orchestrator",
+    "pool_manager": "pool",
+    "memory": "memory",
+    "router": "router",
+}
+_PRIORITIES: Final[Mapping[str, orchestrator_pb2.Priority.ValueType]] = {
+    "interactive": orchestrator_pb2.PRIORITY_INTERACTIVE,
+    "batch": orchestrator_pb2.PRIORITY_BATCH,
+}
+_JOB_STATES: Final[Mapping[str, orchestrator_pb2.JobState.ValueType]] = {
+    "queued": orchestrator_pb2.JOB_STATE_QUEUED,
+    "running": orchestrator_pb2.JOB_STATE_RUNNING,
+    "completed": orchestrator_pb2.JOB_STATE_COMPLETED,
+    "failed": orchestrator_pb2.JOB_STATE_FAILED,
+    "cancelled": orchestrator_pb2.JOB_STATE_CANCELLED,
+}
+_MEMORY_KINDS: Final[Mapping[str, memory_pb2.MemoryKind.ValueType]] = {
+    "raw_interaction": memory_pb2.MEMORY_KIND_RAW_INTERACTION,
+    "task_summary": memory_pb2.MEMORY_KIND_TASK_SUMMARY,
+    "project_summary": memory_pb2.MEMORY_KIND_PROJECT_SUMMARY,
+    "design_doc": memory_pb2.MEMORY_KIND_DESIGN_DOC,
+    "code_snippet": memory_pb2.MEMORY_KIND_CODE_SNIPPET,
+    "note": memory_pb2.MEMORY_KIND_NOTE,
+}
+_TERMINAL_EVENTS: Final = frozenset({"completed", "failed", "cancelled"})
+_HEALTH_TIMEOUT_SECONDS: Final = 2.0
+_CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+#: The job states, by their lower-case names (``queued``, ``running``, ...).
+JOB_STATE_NAMES: Final = tuple(_JOB_STATES)
+#: The memory kinds, by their lower-case names (``note``, ``design_doc``, ...).
+MEMORY_KIND_NAMES: Final = tuple(_MEMORY_KINDS)
+
+
+@dataclass(frozen=True)
+class StackAddresses:
+    """Where the services of one stack listen (``host:port``); empty when unknown."""
+
+    orchestrator: str = ""
+    """OrchestratorService: jobs, streams, cancel."""
+    pool: str = ""
+    """PoolService (pool-managerd): workers and placement."""
+    memory: str = ""
+    """MemoryService (memoryd)."""
+    router: str = ""
+    """RouterService (routerd); only its health is used by the SDK."""
+    workers: tuple[str, ...] = ()
+    """WorkerService addresses; only their health is used by the SDK."""
+
+    def named(self) -> dict[str, str]:
+        """Every known address by service name (workers as ``worker-1``, ...), unknown ones left out."""
+        found = {
+            name: address
+            for name, address in (
+                ("orchestrator", self.orchestrator),
+                ("router", self.router),
+                ("pool", self.pool),
+                ("memory", self.memory),
+            )
+            if address
+        }
+        for index, address in enumerate(self.workers, start=1):
+            found[f"worker-{index}"] = address
+        return found
+
+
+def discover_addresses(data_dir: str | os.PathLike[str] | None = None) -> StackAddresses:
+    """Find a running stack's addresses.
+
+    Each service's address comes from its environment variable
+    (``HEARTH_ORCHESTRATOR_ADDRESS``, ``HEARTH_POOL_ADDRESS``,
+    ``HEARTH_MEMORY_ADDRESS``, ``HEARTH_ROUTER_ADDRESS``) when set, and
+    otherwise from ``<data_dir>/stack.json`` as ``hearth up`` wrote it. A
+    stack.json whose ``pid`` names a process that is no longer running is left
+    out (``hearth up`` was killed before it could remove it).
+
+    Args:
+        data_dir: the stack's data dir; None means ``$HEARTH_DATA_DIR`` or ``./.hearth``.
+
+    Raises:
+        FailedPrecondition: reason ``STACK_NOT_FOUND`` when no address is found
+            at all, ``STACK_FILE_INVALID`` when stack.json cannot be read.
+    """
+    if data_dir is None:
+        data_dir = os.environ.get("HEARTH_DATA_DIR") or DEFAULT_DATA_DIR
+    directory = Path(data_dir)
+    found: dict[str, str] = {}
+    workers: tuple[str, ...] = ()
+    stack_file = directory / STACK_FILE
+    stale = ""
+    stack = _read_stack_file(stack_file) if stack_file.is_file() else {}
+    if stack and not _process_alive(stack.get("pid")):
+        stale = f" ({stack_file} is stale: process {stack.get('pid')} is not running)"
+        stack = {}
+    if stack:
+        for key, name in _STACK_KEYS.items():
+            value = stack.get(key)
+            if isinstance(value, str) and value:
+                found[name] = value
+        listed = stack.get("workers")
+        if isinstance(listed, list):
+            workers = tuple(w for w in listed if isinstance(w, str) and w)
+    for name, variable in ADDRESS_ENV.items():
+        value = os.environ.get(variable, "").strip()
+        if value:
+            found[name] = value
+    if not found and not workers:
+        raise FailedPrecondition(
+            f"no running stack found{stale}; start one with `hearth up`",
+            reason="STACK_NOT_FOUND",
+            metadata={"stack_file": str(stack_file)},
+        )
+    return StackAddresses(workers=workers, **found)
+
+
+def _process_alive(pid: object) -> bool:
+    """False only when ``pid`` is a number and no such process exists."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. EPERM: it exists, owned by someone else
+    return True
+
+
+def _read_stack_file(path: Path) -> dict[str, Any]:
+    try:
+        stack = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FailedPrecondition(
+            f"cannot read {path}: {err}", reason="STACK_FILE_INVALID", metadata={"stack_file": str(path)}
+        ) from err
+    if not isinstance(stack, dict):
+        raise FailedPrecondition(
+            f"{path} is not a JSON object", reason="STACK_FILE_INVALID", metadata={"stack_file": str(path)}
+        )
+    return stack
+
+
+def job_state_name(state: int) -> str:
+    """``JOB_STATE_COMPLETED`` -> ``COMPLETED``."""
+    return orchestrator_pb2.JobState.Name(cast(orchestrator_pb2.JobState.ValueType, state)).removeprefix(
+        "JOB_STATE_"
+    )
+
+
+def event_kind(event: events_pb2.JobEvent) -> str:
+    """The kind of a job event: ``queued``, ``started``, ``tokens``, ``completed``,
+    ``failed`` or ``cancelled``."""
+    return event.WhichOneof("kind") or ""
+
+
+def is_terminal(event: events_pb2.JobEvent) -> bool:
+    """True for the one event that ends a job's log."""
+    return event_kind(event) in _TERMINAL_EVENTS
+
+
+class AsyncClient:
+    """An asyncio client of a Hearth stack.
+
+    Channels are opened on first use, on the running event loop, and closed by
+    :meth:`close` (or by leaving ``async with``). One client may serve many
+    concurrent calls; use it from one event loop.
+
+    Args:
+        orchestrator: ``host:port`` of OrchestratorService.
+        pool: ``host:port`` of PoolService (for :meth:`list_workers`).
+        memory: ``host:port`` of MemoryService (for :meth:`memory_store` and :meth:`memory_query`).
+        router: ``host:port`` of RouterService (health only).
+        workers: WorkerService addresses (health only).
+        rpc_timeout: deadline of every unary call, in seconds; None for none.
+        unavailable_retries: how many times a unary call that failed with
+            UNAVAILABLE is retried (with backoff) before the error is raised.
+            Submissions stay idempotent across retries: they reuse one request_id.
+        watch_reconnects: how many times in a row :meth:`watch` reconnects a
+            dropped stream without receiving an event before it gives up.
+    """
+
+    def __init__(
+        self,
+        orchestrator: str = "",
+        pool: str = "",
+        memory: str = "",
+        router: str = "",
+        *,
+        workers: Sequence[str] = (),
+        rpc_timeout: float | None = 30.0,
+        unavailable_retries: int = 3,
+        watch_reconnects: int = 5,
+    ) -> None:
+        self.addresses = StackAddresses(
+            orchestrator=orchestrator, pool=pool, memory=memory, router=router, workers=tuple(workers)
+        )
+        self.rpc_timeout = rpc_timeout
+        self.unavailable_retries = max(0, unavailable_retries)
+        self.watch_reconnects = max(0, watch_reconnects)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> AsyncClient:
+        """A client of the running stack, found by :func:`discover_addresses`.
+
+        Args:
+            data_dir: the stack's data dir; None means ``$HEARTH_DATA_DIR`` or ``./.hearth``.
+            options: the keyword options of the constructor (``rpc_timeout``, ...).
+
+        Raises:
+            FailedPrecondition: ``STACK_NOT_FOUND`` when no address is found.
+        """
+        found = discover_addresses(data_dir)
+        return cls(
+            orchestrator=found.orchestrator,
+            pool=found.pool,
+            memory=found.memory,
+            router=found.router,
+            workers=found.workers,
+            **options,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every channel; running calls are cancelled. Safe to call twice."""
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        role: str = "",
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        seed: int = 0,
+        priority: str | int = "interactive",
+        use_memory_context: bool = False,
+        store_in_memory: bool = False,
+        project_id: str = "",
+        task_id: str = "",
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> orchestrator_pb2.Job:
+        """Submit a job and return it as queued (the ``SubmitJobResponse.job``).
+
+        Args:
+            prompt: the prompt; must not be blank.
+            model: a configured model name; empty means the role's default.
+            role: the agent role; empty means the default role.
+            max_tokens: upper bound on generated tokens; 0 means the server's default.
+            temperature: 0 is greedy decoding; at most 2.
+            seed: sampling seed; 0 leaves it unset.
+            priority: ``"interactive"`` (served first) or ``"batch"``, or a ``Priority`` value.
+            use_memory_context: put the project's memories nearest to the prompt before it.
+            store_in_memory: store the prompt and its answer in memory when the job completes.
+            project_id: the memory scope; required by the server with either memory flag.
+            task_id: narrows the memory scope to one task.
+            timeout: the job fails with DEADLINE_EXCEEDED when it has not ended this
+                long after submission (seconds or a timedelta); None means the server's default.
+            labels: free-form labels kept with the job.
+            request_id: idempotency key; None means a fresh UUID4, reused by the
+                SDK's own retries so a retried submission never queues twice.
+
+        Raises:
+            InvalidArgument: ``INVALID_FIELD`` (the field is in ``e.field``).
+            NotFound: ``MODEL_NOT_FOUND``.
+            ResourceExhausted: ``QUEUE_FULL``; wait ``e.retry_after`` seconds and retry.
+        """
+        spec = orchestrator_pb2.JobSpec(
+            prompt=prompt,
+            model=model,
+            role=role,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            priority=_priority_value(priority),
+            use_memory_context=use_memory_context,
+            store_in_memory=store_in_memory,
+            project_id=project_id,
+            task_id=task_id,
+            labels=dict(labels or {}),
+        )
+        if timeout is not None:
+            spec.timeout.CopyFrom(_duration(timeout))
+        request = orchestrator_pb2.SubmitJobRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel("orchestrator"))
+        response = await self._unary(stub.SubmitJob, request)
+        return response.job
+
+    async def get_job(self, job_id: str) -> orchestrator_pb2.Job:
+        """A job with its output so far, run record and routing report.
+
+        Raises:
+            NotFound: when no job has this id.
+        """
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel("orchestrator"))
+        response = await self._unary(stub.GetJob, orchestrator_pb2.GetJobRequest(job_id=job_id))
+        return response.job
+
+    async def list_jobs(
+        self, page_size: int = 50, page_token: str = "", state: str | int | None = None
+    ) -> tuple[list[orchestrator_pb2.Job], str]:
+        """One page of jobs, newest first.
+
+        Args:
+            page_size: at most this many (the server caps it at 1000).
+            page_token: the ``next_token`` of the previous page; empty for the first.
+            state: only jobs in this state: ``"queued"``, ``"running"``,
+                ``"completed"``, ``"failed"``, ``"cancelled"`` or a ``JobState`` value.
+
+        Returns:
+            ``(jobs, next_token)``; ``next_token`` is empty on the last page.
+        """
+        request = orchestrator_pb2.ListJobsRequest(
+            page_size=page_size, page_token=page_token, state=_job_state_value(state)
+        )
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel("orchestrator"))
+        response = await self._unary(stub.ListJobs, request)
+        return list(response.jobs), response.next_page_token
+
+    async def cancel_job(self, job_id: str, reason: str = "") -> orchestrator_pb2.Job:
+        """Cancel a queued or running job. A job that has already ended is
+        returned as it ended; that is not an error."""
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel("orchestrator"))
+        request = orchestrator_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        response = await self._unary(stub.CancelJob, request)
+        return response.job
+
+    async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[events_pb2.JobEvent]:
+        """The job's events with a sequence greater than ``after_sequence``, in
+        order, ending after the terminal event (completed, failed or cancelled).
+
+        A dropped stream (UNAVAILABLE, or the server closing it before the
+        terminal event) is resumed transparently from the last sequence seen,
+        with backoff; no event is lost or repeated. After
+        ``watch_reconnects`` reconnections in a row without a new event the
+        last error is raised. Leaving the loop early cancels the stream.
+
+        Raises:
+            NotFound: when no job has this id.
+            Unavailable: when the stream cannot be resumed.
+        """
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel("orchestrator"))
+        last_sequence = after_sequence
+        failures = 0
+        while True:
+            call = stub.WatchJob(
+                orchestrator_pb2.WatchJobRequest(job_id=job_id, after_sequence=last_sequence)
+            )
+            dropped: HearthError
+            try:
+                async for response in call:
+                    event = response.event
+                    if event.sequence <= last_sequence:
+                        continue  # a resumed stream may repeat what we already have
+                    last_sequence = event.sequence
+                    failures = 0
+                    yield event
+                    if is_terminal(event):
+                        return
+                dropped = Unavailable(
+                    "the job stream ended before the job did",
+                    reason="STREAM_ENDED",
+                    metadata={"job_id": job_id},
+                )
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                if not isinstance(error, Unavailable):
+                    raise error from None
+                dropped = error
+            finally:
+                call.cancel()
+            failures += 1
+            if failures > self.watch_reconnects:
+                raise dropped
+            log.debug("job %s stream dropped (%s); resuming after %d", job_id, dropped.reason, last_sequence)
+            await asyncio.sleep(_backoff(failures))
+
+    def run(self, prompt: str, **submit_kwargs: Any) -> JobStream:
+        """Submit a job and stream its answer.
+
+        Nothing is sent until the stream is first used (iterated,
+        :meth:`JobStream.submitted`, :meth:`JobStream.result`)::
+
+            stream = client.run("Hi", max_tokens=64)
+            async for text in stream:
+                print(text, end="")
+            job = await stream.result()
+
+        Args:
+            prompt: the prompt.
+            submit_kwargs: the keyword arguments of :meth:`submit`.
+        """
+        return JobStream(self, prompt, submit_kwargs)
+
+    # -- pool, memory, health -------------------------------------------------
+
+    async def list_workers(self) -> list[pool_pb2.PooledWorker]:
+        """Every live worker as the pool sees it (all pages), ordered by worker id."""
+        stub = pool_pb2_grpc.PoolServiceStub(self._channel("pool"))
+        workers: list[pool_pb2.PooledWorker] = []
+        token = ""
+        while True:
+            response = await self._unary(stub.ListWorkers, pool_pb2.ListWorkersRequest(page_token=token))
+            workers.extend(response.workers)
+            token = response.next_page_token
+            if not token:
+                return workers
+
+    async def memory_store(
+        self,
+        text: str,
+        project_id: str,
+        task_id: str = "",
+        kind: str | int = "note",
+        labels: Mapping[str, str] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> memory_pb2.Memory:
+        """Store one memory and return it with its id, once written.
+
+        Args:
+            text: what to remember.
+            project_id: the tenant; queries never cross projects.
+            task_id: narrows the scope to one task.
+            kind: ``"note"``, ``"design_doc"``, ``"code_snippet"``, ``"task_summary"``,
+                ``"project_summary"``, ``"raw_interaction"`` or a ``MemoryKind`` value.
+            labels: free-form labels kept with the memory.
+            request_id: idempotency key; None means a fresh UUID4 reused by retries.
+        """
+        memory = memory_pb2.Memory(
+            text=text,
+            project_id=project_id,
+            task_id=task_id,
+            kind=_memory_kind_value(kind),
+            labels=labels or {},
+        )
+        stub = memory_pb2_grpc.MemoryServiceStub(self._channel("memory"))
+        request = memory_pb2.StoreRequest(memory=memory, request_id=request_id or str(uuid.uuid4()))
+        response = await self._unary(stub.Store, request)
+        return response.memory
+
+    async def memory_query(
+        self, text: str, project_id: str, task_id: str = "", top_k: int = 5
+    ) -> list[memory_pb2.ScoredMemory]:
+        """The project's memories nearest in meaning to ``text``, nearest first.
+
+        Args:
+            text: what to look for.
+            project_id: the project to search.
+            task_id: when set, only memories of this task.
+            top_k: how many results at most (the server caps it at 100).
+        """
+        stub = memory_pb2_grpc.MemoryServiceStub(self._channel("memory"))
+        request = memory_pb2.QueryRequest(text=text, project_id=project_id, task_id=task_id, top_k=top_k)
+        response = await self._unary(stub.Query, request)
+        return list(response.results)
+
+    async def health(self) -> dict[str, str]:
+        """The health of every known service, checked concurrently via grpc.health.v1.
+
+        Returns:
+            service name (``orchestrator``, ``router``, ``pool``, ``memory``,
+            ``worker-1``, ...) -> ``"SERVING"``, ``"NOT_SERVING"`` or
+            ``"UNREACHABLE"``. Addresses are in :attr:`addresses`.
+        """
+        named = self.addresses.named()
+        states = await asyncio.gather(*(self._health_of(address) for address in named.values()))
+        return dict(zip(named, states, strict=True))
+
+    async def _health_of(self, address: str) -> str:
+        stub = health_pb2_grpc.HealthStub(self._channel_for(address))
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=_HEALTH_TIMEOUT_SECONDS)
+        except grpc.RpcError as err:
+            code = err.code() if callable(getattr(err, "code", None)) else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return "UNREACHABLE"
+            return "NOT_SERVING"
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            return "SERVING"
+        return "NOT_SERVING"
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _channel(self, service: str) -> grpc.aio.Channel:
+        address = getattr(self.addresses, service)
+        if not address:
+            variable = ADDRESS_ENV[service]
+            raise FailedPrecondition(
+                f"no {service} address known; set {variable} or start a stack with `hearth up`",
+                reason="ADDRESS_NOT_CONFIGURED",
+                metadata={"service": service, "env": variable},
+            )
+        return self._channel_for(address)
+
+    def _channel_for(self, address: str) -> grpc.aio.Channel:
+        if self._closed:
+            raise FailedPrecondition("the client is closed", reason="CLIENT_CLOSED")
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    async def _unary(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=self.rpc_timeout)
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+            if not isinstance(error, Unavailable) or attempt >= self.unavailable_retries:
+                raise error
+            attempt += 1
+            await asyncio.sleep(error.retry_after if error.retry_after is not None else _backoff(attempt))
+
+
+class JobStream:
+    """One submitted job's answer, as text chunks, then the final job.
+
+    Made by :meth:`AsyncClient.run`. Iterating it (``async for text in
+    stream``) submits the job if needed and yields the text of each token
+    event until the job ends. :meth:`result` waits for the end (reading the
+    rest of the stream if it was not iterated to the end) and returns the
+    final :class:`Job`; it does not raise for failed or cancelled jobs:
+    check ``job.state`` and ``job.end_reason``.
+    """
+
+    def __init__(self, client: AsyncClient, prompt: str, submit_kwargs: Mapping[str, Any]) -> None:
+        self._client = client
+        self._prompt = prompt
+        self._submit_kwargs = dict(submit_kwargs)
+        self._submitted: orchestrator_pb2.Job | None = None
+        self._submit_lock = asyncio.Lock()
+        self._events: AsyncIterator[events_pb2.JobEvent] | None = None
+        self._terminal: events_pb2.JobEvent | None = None
+        self._final: orchestrator_pb2.Job | None = None
+        self.started: events_pb2.JobStarted | None = None
+        """The ``started`` event (model, worker, input tokens) once seen."""
+
+    @property
+    def job_id(self) -> str:
+        """The job's id; empty until submitted."""
+        return self._submitted.job_id if self._submitted is not None else ""
+
+    @property
+    def terminal_event(self) -> events_pb2.JobEvent | None:
+        """The event that ended the job, once seen."""
+        return self._terminal
+
+    async def submitted(self) -> orchestrator_pb2.Job:
+        """Submit the job (once) and return it as queued."""
+        async with self._submit_lock:
+            if self._submitted is None:
+                self._submitted = await self._client.submit(self._prompt, **self._submit_kwargs)
+            return self._submitted
+
+    async def events(self) -> AsyncIterator[events_pb2.JobEvent]:
+        """The job's remaining events, ending after the terminal one; each event is read once."""
+        job = await self.submitted()
+        if self._events is None:
+            self._events = self._client.watch(job.job_id)
+        async for event in self._events:
+            kind = event_kind(event)
+            if kind == "started":
+                self.started = event.started
+            elif is_terminal(event):
+                self._terminal = event
+            yield event
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for event in self.events():
+            if event.HasField("tokens") and event.tokens.text:
+                yield event.tokens.text
+
+    async def result(self) -> orchestrator_pb2.Job:
+        """Wait for the job to end and return it (output, run record, routing report)."""
+        if self._final is None:
+            async for _ in self.events():
+                pass
+            self._final = await self._client.get_job(self.job_id)
+        return self._final
+
+    async def cancel(self, reason: str = "") -> orchestrator_pb2.Job:
+        """Cancel the job if it was submitted; returns the job as the server has it."""
+        job = await self.submitted()
+        return await self._client.cancel_job(job.job_id, reason)
+
+
+class Client:
+    """A blocking client of a Hearth stack, for scripts; the same methods as
+    :class:`AsyncClient` (and the same arguments and errors).
+
+    It runs an :class:`AsyncClient` on a private event loop in one daemon
+    thread. :meth:`close` (or leaving ``with``) closes the channels, stops the
+    loop and joins the thread. A KeyboardInterrupt while a call waits cancels
+    that call. Streams (:meth:`watch`, :meth:`run`) are plain iterators; the
+    client must stay open while they are read.
+    """
+
+    def __init__(
+        self,
+        orchestrator: str = "",
+        pool: str = "",
+        memory: str = "",
+        router: str = "",
+        **options: Any,
+    ) -> None:
+        self._async = AsyncClient(orchestrator, pool, memory, router, **options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hearth-client", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> Client:
+        """A client of the running stack; see :meth:`AsyncClient.from_env`."""
+        found = discover_addresses(data_dir)
+        return cls(
+            found.orchestrator, found.pool, found.memory, found.router, workers=found.workers, **options
+        )
+
+    @property
+    def addresses(self) -> StackAddresses:
+        return self._async.addresses
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channels, stop the loop, join its thread. Safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result(timeout=5)
+            # Streams left unfinished are async generators of this loop: close them here.
+            asyncio.run_coroutine_threadsafe(self._loop.shutdown_asyncgens(), self._loop).result(timeout=5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _call(self, awaitable: Awaitable[T]) -> T:
+        if self._closed:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise FailedPrecondition("the client is closed", reason="CLIENT_CLOSED")
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # KeyboardInterrupt (or any exit of this thread's wait) cancels the call in the loop.
+            future.cancel()
+            raise
+
+    def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+        try:
+            while True:
+                try:
+                    yield self._call(source.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                closer = getattr(source, "aclose", None)
+                if closer is not None:
+                    # "already running" when the consumer was interrupted mid-step; the loop's
+                    # async-generator finalizer closes it then.
+                    with contextlib.suppress(RuntimeError):
+                        self._call(closer())
+
+    def submit(self, prompt: str, **kwargs: Any) -> orchestrator_pb2.Job:
+        """See :meth:`AsyncClient.submit`."""
+        return self._call(self._async.submit(prompt, **kwargs))
+
+    def get_job(self, job_id: str) -> orchestrator_pb2.Job:
+        """See :meth:`AsyncClient.get_job`."""
+        return self._call(self._async.get_job(job_id))
+
+    def list_jobs(
+        self, page_size: int = 50, page_token: str = "", state: str | int | None = None
+    ) -> tuple[list[orchestrator_pb2.Job], str]:
+        """See :meth:`AsyncClient.list_jobs`."""
+        return self._call(self._async.list_jobs(page_size, page_token, state))
+
+    def cancel_job(self, job_id: str, reason: str = "") -> orchestrator_pb2.Job:
+        """See :meth:`AsyncClient.cancel_job`."""
+        return self._call(self._async.cancel_job(job_id, reason))
+
+    def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[events_pb2.JobEvent]:
+        """See :meth:`AsyncClient.watch`."""
+        return self._iterate(self._async.watch(job_id, after_sequence))
+
+    def run(self, prompt: str, **submit_kwargs: Any) -> SyncJobStream:
+        """See :meth:`AsyncClient.run`: ``for text in stream`` then ``stream.result()``."""
+        return SyncJobStream(self, self._async.run(prompt, **submit_kwargs))
+
+    def list_workers(self) -> list[pool_pb2.PooledWorker]:
+        """See :meth:`AsyncClient.list_workers`."""
+        return self._call(self._async.list_workers())
+
+    def memory_store(
+        self,
+        text: str,
+        project_id: str,
+        task_id: str = "",
+        kind: str | int = "note",
+        labels: Mapping[str, str] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> memory_pb2.Memory:
+        """See :meth:`AsyncClient.memory_store`."""
+        return self._call(
+            self._async.memory_store(text, project_id, task_id, kind, labels, request_id=request_id)
+        )
+
+    def memory_query(
+        self, text: str, project_id: str, task_id: str = "", top_k: int = 5
+    ) -> list[memory_pb2.ScoredMemory]:
+        """See :meth:`AsyncClient.memory_query`."""
+        return self._call(self._async.memory_query(text, project_id, task_id, top_k))
+
+    def health(self) -> dict[str, str]:
+        """See :meth:`AsyncClient.health`."""
+        return self._call(self._async.health())
+
+
+class SyncJobStream:
+    """The blocking twin of :class:`JobStream`, made by :meth:`Client.run`:
+    ``for text in stream`` then ``stream.result()``."""
+
+    def __init__(self, client: Client, stream: JobStream) -> None:
+        self._client = client
+        self._stream = stream
+        self._texts: Iterator[str] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self._stream.job_id
+
+    @property
+    def started(self) -> events_pb2.JobStarted | None:
+        return self._stream.started
+
+    @property
+    def terminal_event(self) -> events_pb2.JobEvent | None:
+        return self._stream.terminal_event
+
+    def submitted(self) -> orchestrator_pb2.Job:
+        return self._client._call(self._stream.submitted())
+
+    def __iter__(self) -> Iterator[str]:
+        if self._texts is None:
+            self._texts = self._client._iterate(self._stream.__aiter__())
+        return self._texts
+
+    def events(self) -> Iterator[events_pb2.JobEvent]:
+        return self._client._iterate(self._stream.events())
+
+    def result(self) -> orchestrator_pb2.Job:
+        return self._client._call(self._stream.result())
+
+    def cancel(self, reason: str = "") -> orchestrator_pb2.Job:
+        return self._client._call(self._stream.cancel(reason))
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(0.1 * 2 ** (attempt - 1), 2.0))
+
+
+def _duration(value: float | timedelta) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(value if isinstance(value, timedelta) else timedelta(seconds=value))
+    return duration
+
+
+def _priority_value(priority: str | int) -> orchestrator_pb2.Priority.ValueType:
+    if isinstance(priority, int):
+        return cast(orchestrator_pb2.Priority.ValueType, priority)
+    try:
+        return _PRIORITIES[priority.lower()]
+    except KeyError:
+        raise InvalidArgument(
+            "spec.priority", f"must be one of {', '.join(_PRIORITIES)}, not {priority!r}"
+        ) from None
+
+
+def _job_state_value(state: str | int | None) -> orchestrator_pb2.JobState.ValueType:
+    if state is None or state == "":
+        return orchestrator_pb2.JOB_STATE_UNSPECIFIED
+    if isinstance(state, int):
+        return cast(orchestrator_pb2.JobState.ValueType, state)
+    try:
+        return _JOB_STATES[state.lower().removeprefix("job_state_")]
+    except KeyError:
+        raise InvalidArgument("state", f"must be one of {', '.join(_JOB_STATES)}, not {state!r}") from None
+
+
+def _memory_kind_value(kind: str | int) -> memory_pb2.MemoryKind.ValueType:
+    if isinstance(kind, int):
+        return cast(memory_pb2.MemoryKind.ValueType, kind)
+    try:
+        return _MEMORY_KINDS[kind.lower().replace("-", "_").removeprefix("memory_kind_")]
+    except KeyError:
+        raise InvalidArgument(
+            "memory.kind", f"must be one of {', '.join(_MEMORY_KINDS)}, not {kind!r}"
+        ) from None
+
+
+__all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_DATA_DIR",
+    "JOB_STATE_NAMES",
+    "MEMORY_KIND_NAMES",
+    "STACK_FILE",
+    "AsyncClient",
+    "Client",
+    "JobStream",
+    "StackAddresses",
+    "SyncJobStream",
+    "discover_addresses",
+    "event_kind",
+    "is_terminal",
+    "job_state_name",
+]

@@ -1,0 +1,1 @@
+"""memoryd's gRPC surface: the MemoryService servicer and proto<->domain conversion."""

@@ -1,0 +1,133 @@
+"""Worker heartbeats from NATS feed the pool; a loop drops silent workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.subscription import Subscription
+
+from hearth.api.events.v1 import events_pb2
+from hearth.api.worker.v1 import worker_pb2
+from hearth.runtime import NatsBus, subjects
+from pool_managerd.domain.pool import (
+    ChangeKind,
+    PoolChange,
+    PoolChangeSink,
+    PoolView,
+    WorkerSnapshot,
+    WorkerState,
+)
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    worker_pb2.WORKER_STATE_STARTING: WorkerState.STARTING,
+    worker_pb2.WORKER_STATE_READY: WorkerState.READY,
+    worker_pb2.WORKER_STATE_DRAINING: WorkerState.DRAINING,
+}
+
+
+def snapshot_from_info(info: worker_pb2.WorkerInfo) -> WorkerSnapshot:
+    """The pool's view of a worker's self-description. The WorkerInfo rides
+    along as ``source`` so listings can show it whole."""
+    return WorkerSnapshot(
+        worker_id=info.worker_id,
+        address=info.address,
+        models={m.name: m.context_length for m in info.models},
+        state=_STATES.get(info.state, WorkerState.UNKNOWN),
+        # proto3 cannot tell 0 from unset; a worker that does not say runs one at a time.
+        max_concurrency=info.max_concurrency if info.max_concurrency > 0 else 1,
+        engine=info.engine,
+        source=info,
+    )
+
+
+class HeartbeatListener:
+    """Subscribes to ``subjects.WORKER_HEARTBEAT_ALL`` and feeds each
+    WorkerHeartbeat to the pool; a loop ticking every
+    ``expiry_interval_seconds`` drops workers silent for longer than the pool's
+    TTL. Joined, draining and left go to ``changes``.
+
+    Lifecycle: start() subscribes and starts the loop; stop() unsubscribes and
+    ends the loop; both are safe to call twice, and stop() before start().
+
+    Args:
+        bus: a connected NatsBus.
+        pool: the pool to feed; used only from this event loop.
+        changes: where joined / draining / left go.
+        expiry_interval_seconds: how often silent workers are looked for; a dead
+            worker is dropped at most TTL + this after its last heartbeat.
+        clock: the monotonic clock the pool's ``now`` comes from.
+    """
+
+    def __init__(
+        self,
+        bus: NatsBus,
+        pool: PoolView,
+        changes: PoolChangeSink,
+        *,
+        expiry_interval_seconds: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bus = bus
+        self._pool = pool
+        self._changes = changes
+        self._interval = expiry_interval_seconds
+        self._clock = clock
+        self._subscription: Subscription | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._subscription is not None:
+            return
+        self._subscription = await self._bus.subscribe(
+            subjects.WORKER_HEARTBEAT_ALL, events_pb2.WorkerHeartbeat, self._on_heartbeat, traced=False
+        )
+        self._pool.begin_listening(self._clock())
+        self._expiry = asyncio.create_task(self._expire_forever(), name="pool-heartbeat-expiry")
+        log.info("listening for worker heartbeats on %s", subjects.WORKER_HEARTBEAT_ALL)
+
+    async def stop(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except Exception as err:
+                log.debug("unsubscribe failed: %s", err)
+        task, self._expiry = self._expiry, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait does not re-raise the task's CancelledError, so a
+            # cancellation of stop() itself still propagates.
+            await asyncio.wait([task])
+
+    async def _on_heartbeat(self, heartbeat: events_pb2.WorkerHeartbeat) -> None:
+        info = heartbeat.worker
+        if not info.worker_id:
+            log.warning("heartbeat without a worker_id ignored")
+            return
+        change = self._pool.observe(snapshot_from_info(info), self._clock())
+        if change is ChangeKind.UPDATED:
+            return
+        log.info(
+            "worker %s %s",
+            info.worker_id,
+            change.value,
+            extra={"worker_id": info.worker_id, "address": info.address},
+        )
+        await self._changes.publish(PoolChange(info.worker_id, change))
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                for worker_id in self._pool.expire(self._clock()):
+                    log.warning("worker %s left: no heartbeat", worker_id, extra={"worker_id": worker_id})
+                    await self._changes.publish(PoolChange(worker_id, ChangeKind.LEFT))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pool expiry tick failed")

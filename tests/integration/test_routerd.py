@@ -1,0 +1,123 @@
+"""routerd as a process, configured by a hearth.yaml models list, over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hearth.api.router.v1 import router_pb2, router_pb2_grpc
+from hearth.embedded import free_port, wait_healthy
+from hearth.errors import NotFound, from_rpc_error
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+CONFIG = """\
+models:
+  - name: small
+    path: /models/small
+    context_length: 4096
+    roles: [default]
+  - name: coder
+    context_length: 16384
+    roles: [coder]
+    engine: vllm
+router:
+  default_role: default
+"""
+
+
+@pytest.fixture(scope="module")
+def router_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("routerd")
+    config = root / "hearth.yaml"
+    config.write_text(CONFIG)
+    address = f"127.0.0.1:{free_port()}"
+    log_path = root / "routerd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "routerd",
+                "--config",
+                str(config),
+                "--listen",
+                address,
+                "--data-dir",
+                str(root / "data"),
+                "--trace-to-files",
+                "false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        asyncio.run(wait_healthy(address, timeout=30))
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        # Shown by pytest only when a test failed.
+        print(Path(log_path).read_text()[-4000:])
+
+
+@pytest.fixture
+async def router(router_address: str) -> AsyncIterator[router_pb2_grpc.RouterServiceStub]:
+    async with grpc.aio.insecure_channel(router_address) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+async def test_a_named_model_is_routed_to_that_model(router: router_pb2_grpc.RouterServiceStub) -> None:
+    reply = await router.Route(
+        router_pb2.RouteRequest(job_id="job-1", model="coder", max_tokens=100), timeout=5
+    )
+    assert list(reply.chain) == ["coder"]
+    report = reply.report
+    assert (report.schema_version, report.chosen_target) == (1, "coder")
+    assert len(report.policy_version) == 12
+    assert list(report.matched_rules) == ["requested_model"]
+    assert {(c.target, c.selected, c.reason) for c in report.candidates} == {
+        ("coder", True, "REQUESTED_MODEL"),
+        ("small", False, "NOT_REQUESTED"),
+    }
+
+
+async def test_a_role_gets_its_default_with_the_default_role_as_fallback(
+    router: router_pb2_grpc.RouterServiceStub,
+) -> None:
+    coder = await router.Route(router_pb2.RouteRequest(job_id="job-2", role="coder"), timeout=5)
+    assert list(coder.chain) == ["coder", "small"]
+    assert list(coder.report.matched_rules) == ["role_default:coder", "role_fallback:default"]
+    plain = await router.Route(router_pb2.RouteRequest(job_id="job-3"), timeout=5)
+    assert list(plain.chain) == ["small"]
+    assert plain.report.policy_version == coder.report.policy_version
+
+
+async def test_an_unknown_model_is_model_not_found(router: router_pb2_grpc.RouterServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.Route(router_pb2.RouteRequest(job_id="job-4", model="gpt-9"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    err = from_rpc_error(caught.value)
+    assert isinstance(err, NotFound)
+    assert err.reason == "MODEL_NOT_FOUND"
+    assert err.metadata == {"model": "gpt-9"}
+
+
+async def test_a_job_too_long_for_every_model_is_context_too_long(
+    router: router_pb2_grpc.RouterServiceStub,
+) -> None:
+    request = router_pb2.RouteRequest(job_id="job-5", role="coder", prompt_tokens=16000, max_tokens=1000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.Route(request, timeout=5)
+    err = from_rpc_error(caught.value)
+    assert (caught.value.code(), err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_TOO_LONG")
+    assert err.metadata["field"] == "spec.max_tokens"

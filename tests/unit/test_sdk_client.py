@@ -1,0 +1,364 @@
+"""The SDK against a real grpc.aio server with the runtime's ErrorInterceptor:
+error mapping, retries, resumable watch, run streams, the blocking client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import hearth
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from hearth.api.events.v1 import events_pb2
+from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
+from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
+from hearth.api.worker.v1 import worker_pb2
+from hearth.client import AsyncClient, Client
+from hearth.embedded import free_port
+from hearth.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from hearth.runtime.interceptors import ErrorInterceptor
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+ANSWER = ["Hello", ", ", "world"]
+
+
+def script(job_id: str) -> list[events_pb2.JobEvent]:
+    """queued, started, three token chunks, completed: sequences 1..6."""
+    events = [
+        events_pb2.JobEvent(queued=events_pb2.JobQueued(queue_position=0)),
+        events_pb2.JobEvent(started=events_pb2.JobStarted(model="tiny", worker_id="w1", input_tokens=4)),
+        *(events_pb2.JobEvent(tokens=events_pb2.JobTokens(text=t, token_count=1)) for t in ANSWER),
+        events_pb2.JobEvent(completed=events_pb2.JobCompleted(finish_reason="STOP", output_tokens=3)),
+    ]
+    for sequence, event in enumerate(events, start=1):
+        event.job_id = job_id
+        event.sequence = sequence
+    return events
+
+
+class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """Scripted jobs. Prompts steer it: "full" is refused with QUEUE_FULL,
+    "flaky" fails once with UNAVAILABLE; ``drop_first_watch`` ends each job's
+    first stream with UNAVAILABLE after three events."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, orchestrator_pb2.Job] = {}
+        self.submits: list[orchestrator_pb2.SubmitJobRequest] = []
+        self.watch_calls: list[tuple[str, int]] = []
+        self.cancelled: list[tuple[str, str]] = []
+        self.drop_first_watch = False
+
+    async def SubmitJob(self, request: Any, context: Any) -> orchestrator_pb2.SubmitJobResponse:
+        self.submits.append(request)
+        if request.spec.prompt == "full":
+            raise ResourceExhausted(
+                "the queue is full", reason="QUEUE_FULL", metadata={"limit": "2"}, retry_after=1.0
+            )
+        if request.spec.model == "nope":
+            raise NotFound("no model named nope", reason="MODEL_NOT_FOUND", metadata={"model": "nope"})
+        if request.spec.max_tokens < 0:
+            raise InvalidArgument("spec.max_tokens", "must not be negative")
+        if request.spec.prompt == "flaky" and len(self.submits) == 1:
+            raise Unavailable("restarting", reason="ORCHESTRATOR_STARTING")
+        for job in self.jobs.values():
+            if job.request_id == request.request_id:
+                return orchestrator_pb2.SubmitJobResponse(job=job, deduplicated=True)
+        job_id = f"job-{len(self.jobs) + 1}"
+        job = orchestrator_pb2.Job(
+            job_id=job_id,
+            spec=request.spec,
+            state=orchestrator_pb2.JOB_STATE_QUEUED,
+            request_id=request.request_id,
+        )
+        self.jobs[job_id] = job
+        return orchestrator_pb2.SubmitJobResponse(job=job)
+
+    async def GetJob(self, request: Any, context: Any) -> orchestrator_pb2.GetJobResponse:
+        job = self._job(request.job_id)
+        done = orchestrator_pb2.Job()
+        done.CopyFrom(job)
+        if done.state == orchestrator_pb2.JOB_STATE_QUEUED:
+            done.state = orchestrator_pb2.JOB_STATE_COMPLETED
+            done.output = "".join(ANSWER)
+            done.run.output_tokens = 3
+        return orchestrator_pb2.GetJobResponse(job=done)
+
+    async def ListJobs(self, request: Any, context: Any) -> orchestrator_pb2.ListJobsResponse:
+        jobs = [j for j in reversed(self.jobs.values()) if not request.state or j.state == request.state]
+        start = int(request.page_token or 0)
+        end = start + (request.page_size or 50)
+        return orchestrator_pb2.ListJobsResponse(
+            jobs=jobs[start:end], next_page_token=str(end) if end < len(jobs) else ""
+        )
+
+    async def CancelJob(self, request: Any, context: Any) -> orchestrator_pb2.CancelJobResponse:
+        job = self._job(request.job_id)
+        self.cancelled.append((request.job_id, request.reason))
+        job.state = orchestrator_pb2.JOB_STATE_CANCELLED
+        return orchestrator_pb2.CancelJobResponse(job=job)
+
+    async def WatchJob(self, request: Any, context: Any) -> AsyncIterator[orchestrator_pb2.WatchJobResponse]:
+        self._job(request.job_id)
+        first = all(job_id != request.job_id for job_id, _ in self.watch_calls)
+        self.watch_calls.append((request.job_id, request.after_sequence))
+        sent = 0
+        for event in script(request.job_id):
+            if event.sequence <= request.after_sequence:
+                continue
+            if self.drop_first_watch and first and sent == 3:
+                raise Unavailable("the orchestrator went away", reason="STREAM_DROPPED")
+            sent += 1
+            yield orchestrator_pb2.WatchJobResponse(event=event)
+
+    def _job(self, job_id: str) -> orchestrator_pb2.Job:
+        if job_id not in self.jobs:
+            raise NotFound(f"no job {job_id}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        return self.jobs[job_id]
+
+
+class FakePool(pool_pb2_grpc.PoolServiceServicer):
+    """Five workers, served two per page."""
+
+    async def ListWorkers(self, request: Any, context: Any) -> pool_pb2.ListWorkersResponse:
+        workers = [
+            pool_pb2.PooledWorker(info=worker_pb2.WorkerInfo(worker_id=f"w{i}", engine="sim"))
+            for i in range(5)
+        ]
+        start = int(request.page_token or 0)
+        return pool_pb2.ListWorkersResponse(
+            workers=workers[start : start + 2], next_page_token=str(start + 2) if start + 2 < 5 else ""
+        )
+
+
+class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[memory_pb2.StoreRequest] = []
+        self.memories: list[memory_pb2.Memory] = []
+
+    async def Store(self, request: Any, context: Any) -> memory_pb2.StoreResponse:
+        self.requests.append(request)
+        memory = memory_pb2.Memory()
+        memory.CopyFrom(request.memory)
+        memory.memory_id = f"m{len(self.requests)}"
+        self.memories.append(memory)
+        return memory_pb2.StoreResponse(memory=memory)
+
+    async def Query(self, request: Any, context: Any) -> memory_pb2.QueryResponse:
+        found = [m for m in self.memories if m.project_id == request.project_id]
+        return memory_pb2.QueryResponse(
+            results=[memory_pb2.ScoredMemory(memory=m, score=0.5) for m in found[: request.top_k]]
+        )
+
+
+class ServerThread:
+    """A grpc.aio server with the runtime's ErrorInterceptor and health, on its
+    own event loop in a thread, so that both clients (async and blocking) can call it."""
+
+    def __init__(self) -> None:
+        self.orchestrator = FakeOrchestrator()
+        self.pool = FakePool()  # type: ignore[abstract]
+        self.memory = FakeMemory()  # type: ignore[abstract]
+        self.address = ""
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.orchestrator, server)
+        pool_pb2_grpc.add_PoolServiceServicer_to_server(self.pool, server)
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server(self.memory, server)
+        checker = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.address = f"127.0.0.1:{port}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.stop(None)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        assert self._ready.wait(10), "the fake server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    with ServerThread() as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerThread) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(orchestrator=server.address, pool=server.address, memory=server.address) as c:
+        yield c
+
+
+async def test_queue_full_is_raised_as_resource_exhausted_with_reason_and_retry_delay(
+    client: AsyncClient,
+) -> None:
+    with pytest.raises(hearth.errors.ResourceExhausted) as caught:
+        await client.submit("full")
+
+    assert caught.value.reason == "QUEUE_FULL"
+    assert caught.value.retry_after == pytest.approx(1.0)
+    assert caught.value.metadata == {"limit": "2"}
+    assert "queue is full" in caught.value.message
+
+
+async def test_errors_map_by_code_and_reason(client: AsyncClient) -> None:
+    with pytest.raises(NotFound) as not_found:
+        await client.submit("hi", model="nope")
+    with pytest.raises(InvalidArgument) as invalid:
+        await client.submit("hi", max_tokens=-1)
+    with pytest.raises(NotFound) as no_job:
+        await client.get_job("job-404")
+
+    assert not_found.value.reason == "MODEL_NOT_FOUND" and not_found.value.metadata["model"] == "nope"
+    assert invalid.value.reason == "INVALID_FIELD" and invalid.value.field == "spec.max_tokens"
+    assert no_job.value.reason == "JOB_NOT_FOUND"
+
+
+async def test_submit_sends_the_spec_with_a_fresh_request_id(
+    client: AsyncClient, server: ServerThread
+) -> None:
+    job = await client.submit(
+        "hi", model="tiny", max_tokens=8, priority="batch", timeout=30, labels={"team": "a"}, project_id="p"
+    )
+    await client.submit("again")
+
+    first, second = server.orchestrator.submits
+    assert job.job_id == "job-1" and job.spec.model == "tiny"
+    assert first.spec.priority == orchestrator_pb2.PRIORITY_BATCH
+    assert first.spec.timeout.seconds == 30 and dict(first.spec.labels) == {"team": "a"}
+    assert uuid.UUID(first.request_id) and first.request_id != second.request_id
+
+
+async def test_unavailable_submit_is_retried_with_the_same_request_id(
+    client: AsyncClient, server: ServerThread
+) -> None:
+    job = await client.submit("flaky")
+
+    attempts = server.orchestrator.submits
+    assert len(attempts) == 2
+    assert attempts[0].request_id == attempts[1].request_id == job.request_id
+
+
+async def test_watch_resumes_after_a_dropped_stream_without_losing_or_repeating_events(
+    client: AsyncClient, server: ServerThread
+) -> None:
+    server.orchestrator.drop_first_watch = True
+    job = await client.submit("hi")
+
+    events = [event async for event in client.watch(job.job_id)]
+
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6]
+    assert events[-1].HasField("completed")
+    assert server.orchestrator.watch_calls == [(job.job_id, 0), (job.job_id, 3)]
+
+
+async def test_watch_gives_up_when_the_stream_keeps_dropping(server: ServerThread) -> None:
+    async with AsyncClient(orchestrator=f"127.0.0.1:{free_port()}", watch_reconnects=1) as nowhere:
+        with pytest.raises(Unavailable):
+            async for _ in nowhere.watch("job-1"):
+                pass
+
+
+async def test_run_streams_text_then_returns_the_final_job(client: AsyncClient, server: ServerThread) -> None:
+    server.orchestrator.drop_first_watch = True
+    stream = client.run("hi", max_tokens=16)
+
+    texts = [text async for text in stream]
+    job = await stream.result()
+
+    assert texts == ANSWER
+    assert job.state == orchestrator_pb2.JOB_STATE_COMPLETED and job.output == "Hello, world"
+    assert stream.started is not None and stream.started.worker_id == "w1"
+    assert stream.terminal_event is not None and stream.terminal_event.HasField("completed")
+    assert server.orchestrator.submits[0].spec.max_tokens == 16
+
+
+async def test_list_jobs_pages_and_cancel(client: AsyncClient, server: ServerThread) -> None:
+    for prompt in ("a", "b", "c"):
+        await client.submit(prompt)
+    cancelled = await client.cancel_job("job-2", reason="no longer needed")
+
+    first, token = await client.list_jobs(page_size=2)
+    rest, last = await client.list_jobs(page_size=2, page_token=token)
+    only_cancelled, _ = await client.list_jobs(state="cancelled")
+
+    assert [j.job_id for j in first + rest] == ["job-3", "job-2", "job-1"] and last == ""
+    assert cancelled.state == orchestrator_pb2.JOB_STATE_CANCELLED
+    assert [j.job_id for j in only_cancelled] == ["job-2"]
+    assert server.orchestrator.cancelled == [("job-2", "no longer needed")]
+
+
+async def test_list_workers_reads_every_page(client: AsyncClient) -> None:
+    workers = await client.list_workers()
+    assert [w.info.worker_id for w in workers] == ["w0", "w1", "w2", "w3", "w4"]
+
+
+async def test_memory_store_and_query(client: AsyncClient, server: ServerThread) -> None:
+    stored = await client.memory_store("KV caches hold attention keys", "proj", kind="design_doc")
+    results = await client.memory_query("what is a KV cache", "proj", top_k=3)
+
+    assert stored.memory_id == "m1" and stored.kind == memory_pb2.MEMORY_KIND_DESIGN_DOC
+    other_project = await client.memory_query("what is a KV cache", "elsewhere")
+
+    assert [(r.memory.memory_id, r.memory.text) for r in results] == [("m1", "KV caches hold attention keys")]
+    assert other_project == []
+    assert uuid.UUID(server.memory.requests[0].request_id)
+
+
+async def test_health_reports_serving_and_unreachable(server: ServerThread) -> None:
+    async with AsyncClient(orchestrator=server.address, router=f"127.0.0.1:{free_port()}") as c:
+        assert await c.health() == {"orchestrator": "SERVING", "router": "UNREACHABLE"}
+
+
+async def test_a_missing_address_is_a_clear_error() -> None:
+    async with AsyncClient(orchestrator="127.0.0.1:1") as c:
+        with pytest.raises(hearth.errors.FailedPrecondition) as caught:
+            await c.list_workers()
+    assert caught.value.reason == "ADDRESS_NOT_CONFIGURED"
+    assert "HEARTH_POOL_ADDRESS" in caught.value.message
+
+
+def test_blocking_client_runs_streams_and_raises_typed_errors(server: ServerThread) -> None:
+    threads_before = set(threading.enumerate())
+    server.orchestrator.drop_first_watch = True
+
+    with Client(orchestrator=server.address) as client:
+        stream = client.run("hi")
+        texts = list(stream)
+        job = stream.result()
+        events = list(client.watch(job.job_id, after_sequence=4))
+        unfinished = client.watch(job.job_id)
+        assert next(unfinished).sequence == 1  # left open: close() must still finish cleanly
+        with pytest.raises(ResourceExhausted) as caught:
+            client.submit("full")
+
+    assert texts == ANSWER and job.output == "Hello, world"
+    assert [e.sequence for e in events] == [5, 6]
+    assert caught.value.reason == "QUEUE_FULL"
+    client.close()  # twice is fine
+    with pytest.raises(hearth.errors.FailedPrecondition):
+        client.get_job(job.job_id)
+    assert set(threading.enumerate()) - threads_before == set()
