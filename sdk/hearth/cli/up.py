@@ -12,12 +12,13 @@ from hearth.stack import Stack, StackOptions, load_config_file, run_until_signal
 
 
 def up(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="hearth.yaml; default: none (embedded everything)")
     ] = None,
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", envvar="HEARTH_DATA_DIR", help="State folder.")
-    ] = Path(".hearth"),
+        Path | None, typer.Option("--data-dir", help="State folder; default: the global --data-dir.")
+    ] = None,
     raw_logs: Annotated[bool, typer.Option("--raw-logs", help="Relay JSON log lines as they are.")] = False,
 ) -> None:
     """Start NATS, Postgres and the five services; stop cleanly on Ctrl-C or SIGTERM.
@@ -27,9 +28,15 @@ def up(
     unless `memory.qdrant_url` is set; embeddings are computed locally unless
     `memory.tei_url` is set.
     """
+    from hearth.cli.session import CliSession
+
     stack = Stack(
-        StackOptions(data_dir=data_dir, config=load_config_file(config), log_sink=sys.stderr,
-                     pretty_logs=not raw_logs)
+        StackOptions(
+            data_dir=data_dir or CliSession.of(ctx).data_dir,
+            config=load_config_file(config),
+            log_sink=sys.stderr,
+            pretty_logs=not raw_logs,
+        )
     )
 
     def ready() -> None:
@@ -38,8 +45,9 @@ def up(
         services = ", ".join(f"{name} {addr}" for name, addr in stack.addresses.items() if name != "workers")
         typer.secho(f"hearth: all services healthy ({services})", fg=typer.colors.GREEN, err=True)
         typer.secho(
-            f"hearth: orchestrator at {stack.addresses['orchestratord']}; try `hearth run \"hello\"`. "
-            "Ctrl-C stops.", err=True,
+            f'hearth: orchestrator at {stack.addresses["orchestratord"]}; try `hearth run "hello"`. '
+            "Ctrl-C stops.",
+            err=True,
         )
 
     try:

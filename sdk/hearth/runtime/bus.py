@@ -53,9 +53,14 @@ class NatsBus:
             return
         try:
             self._nc = await nats.connect(
-                self.url, name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5, allow_reconnect=True,
-                error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                self.url,
+                name=self.name,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
             )
         except Exception as err:  # nats raises several unrelated types here
             raise SystemExit(f"{self.name}: cannot connect to NATS at {self.url}: {err}") from None
@@ -89,17 +94,24 @@ class NatsBus:
             return
         js = self.client.jetstream()
         config = StreamConfig(
-            name=subjects.EVENTS_STREAM, subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
-            max_age=7 * 24 * 3600.0, max_msgs=1_000_000,
+            name=subjects.EVENTS_STREAM,
+            subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
+            max_age=7 * 24 * 3600.0,
+            max_msgs=1_000_000,
         )
         try:
             await js.add_stream(config)
-        except Exception:  # noqa: BLE001 - exists with another config: keep it
+        except Exception:
             await js.stream_info(subjects.EVENTS_STREAM)
         self._stream_ready = True
 
     async def subscribe(
-        self, subject: str, message_type: type[M], handler: Handler[M], *, traced: bool = True,
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        traced: bool = True,
         queue: str = "",
     ) -> Subscription:
         """Call handler with each decoded message. A traced subscription runs
@@ -108,7 +120,7 @@ class NatsBus:
         async def on_message(msg: Msg) -> None:
             try:
                 decoded = message_type.FromString(msg.data)
-            except Exception:  # noqa: BLE001 - a bad message must not stop the subscription
+            except Exception:
                 log.warning("undecodable message on %s", msg.subject)
                 return
             try:
@@ -122,7 +134,7 @@ class NatsBus:
                     await handler(decoded)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("handler for %s failed", msg.subject)
 
         return await self.client.subscribe(subject, queue=queue, cb=on_message)
@@ -132,7 +144,5 @@ class NatsBus:
         if nc is not None and not nc.is_closed:
             try:
                 await nc.drain()
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:
                 await nc.close()
-
-

@@ -40,7 +40,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
-                except Exception as err:  # noqa: BLE001 - the one place errors become statuses
+                except Exception as err:
                     await _abort(context, method, err)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -55,7 +55,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         yield item
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     await _abort(context, method, err)
 
             return grpc.unary_stream_rpc_method_handler(

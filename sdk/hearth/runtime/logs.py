@@ -62,3 +62,7 @@ def setup_logging(service: str, level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "asyncio", "nats", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # When a client cancels a server stream, the OpenTelemetry gRPC interceptor
+    # detaches its context from another task and logs "Failed to detach
+    # context" at ERROR; the span still ends correctly, so the line is noise.
+    logging.getLogger("opentelemetry.context").setLevel(logging.CRITICAL)

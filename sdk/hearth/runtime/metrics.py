@@ -19,12 +19,16 @@ class ServiceMetrics:
         self.service = service
         self.registry = CollectorRegistry()
         self.rpcs = Counter(
-            f"hearth_{service}_rpcs_total", "RPCs handled, by method and status code.",
-            ["method", "code"], registry=self.registry,
+            f"hearth_{service}_rpcs_total",
+            "RPCs handled, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
         )
         self.rpc_seconds = Histogram(
-            f"hearth_{service}_rpc_duration_seconds", "Time to handle an RPC (streams: until the end).",
-            ["method"], registry=self.registry,
+            f"hearth_{service}_rpc_duration_seconds",
+            "Time to handle an RPC (streams: until the end).",
+            ["method"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120),
         )
         self._server: Any = None

@@ -67,8 +67,11 @@ class ServiceHost:
         self.port = 0
         self.address = ""
 
-    def add_service(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
-        """Register a servicer, e.g. ``add_service(add_FooServicer_to_server, foo, "hearth.api.foo.v1.FooService")``."""
+    def add_service(
+        self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
+    ) -> None:
+        """Register a servicer, e.g.
+        ``add_service(add_FooServicer_to_server, foo, "hearth.api.foo.v1.FooService")``."""
         register(servicer, self.server)
         self._service_names.append(full_name)
 
@@ -88,7 +91,10 @@ class ServiceHost:
         if self.port == 0:
             raise SystemExit(f"{self.name}: cannot bind {self.settings.listen}")
         host = self.settings.listen.rpartition(":")[0] or "127.0.0.1"
-        self.address = self.settings.advertise_address or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}"
+        self.address = (
+            self.settings.advertise_address
+            or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}"
+        )
         if self.settings.metrics_listen:
             self.metrics.serve(self.settings.metrics_listen)
         await self.server.start()
@@ -127,7 +133,7 @@ async def _run_hooks(hooks: Iterable[Hook], stage: str) -> None:
     for hook in list(hooks):
         try:
             await hook()
-        except Exception:  # noqa: BLE001 - one failing hook must not skip the rest
+        except Exception:
             log.exception("%s hook %r failed", stage, hook)
 
 

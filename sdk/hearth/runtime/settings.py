@@ -95,7 +95,9 @@ class ServiceSettings(BaseSettings):
         if cls.config_file is not None:
             data = _read_yaml(cls.config_file)
             sources.append(_DictSource(settings_cls, data.get(cls.service) or {}))
-            sources.append(_DictSource(settings_cls, {k: v for k, v in data.items() if not isinstance(v, dict)}))
+            sources.append(
+                _DictSource(settings_cls, {k: v for k, v in data.items() if not isinstance(v, dict)})
+            )
         return tuple(sources)
 
 
@@ -136,7 +138,9 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
     config = Path(known.config) if known.config else None
     bound = type(cls.__name__, (cls,), {"config_file": config, "__module__": cls.__module__})
     try:
-        cli = CliSettingsSource(bound, cli_prog_name=cls.service + "d", cli_kebab_case=True, cli_parse_args=rest)
+        cli = CliSettingsSource(
+            bound, cli_prog_name=cls.service + "d", cli_kebab_case=True, cli_parse_args=rest
+        )
         return bound(_cli_settings_source=cli(args=rest))  # type: ignore[no-any-return]
     except ValidationError as err:
         lines = [f"{cls.service}d: invalid settings" + (f" (config {config})" if config else "") + ":"]

@@ -71,7 +71,9 @@ class Telemetry:
         otlp_endpoint: an OTLP gRPC collector; empty for none.
     """
 
-    def __init__(self, service: str, data_dir: Path, *, to_files: bool = True, otlp_endpoint: str = "") -> None:
+    def __init__(
+        self, service: str, data_dir: Path, *, to_files: bool = True, otlp_endpoint: str = ""
+    ) -> None:
         self.service = service
         self.provider = TracerProvider(resource=Resource.create({"service.name": service}))
         if to_files:
@@ -80,7 +82,9 @@ class Telemetry:
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+            self.provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+            )
         self.tracer = self.provider.get_tracer(f"hearth.{service}")
         # The provider is also made global, so that libraries that trace through
         # the global API (and the log formatter) see this service's spans.
@@ -90,7 +94,9 @@ class Telemetry:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
         # Only Hearth's own RPCs: health checks and reflection are noise in a job's trace.
-        return [aio_server_interceptor(tracer_provider=self.provider, filter_=filters.service_prefix("hearth."))]
+        return [
+            aio_server_interceptor(tracer_provider=self.provider, filter_=filters.service_prefix("hearth."))
+        ]
 
     def client_interceptors(self) -> list[object]:
         from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters

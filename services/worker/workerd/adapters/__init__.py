@@ -1,0 +1,1 @@
+"""workerd's adapters: engines, NATS heartbeats and cancellations, NVML, metrics."""

@@ -1,0 +1,1 @@
+"""workerd's gRPC surface: the WorkerService servicer and proto conversion."""

@@ -1,0 +1,96 @@
+"""Proto <-> domain conversion for the WorkerService."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf import timestamp_pb2
+
+from hearth.api.worker.v1 import worker_pb2
+from workerd.domain.engine import (
+    FinishReason,
+    GenerationFinished,
+    GenerationRequest,
+    GenerationStarted,
+    ServedModel,
+    TokenDelta,
+)
+from workerd.domain.worker_status import GpuStatus, WorkerState, WorkerStatus
+
+_FINISH_REASONS: dict[FinishReason, worker_pb2.FinishReason.ValueType] = {
+    "stop": worker_pb2.FINISH_REASON_STOP,
+    "length": worker_pb2.FINISH_REASON_LENGTH,
+    "aborted": worker_pb2.FINISH_REASON_ABORTED,
+}
+
+_STATES: dict[WorkerState, worker_pb2.WorkerState.ValueType] = {
+    "starting": worker_pb2.WORKER_STATE_STARTING,
+    "ready": worker_pb2.WORKER_STATE_READY,
+    "draining": worker_pb2.WORKER_STATE_DRAINING,
+}
+
+
+def generation_request(request: worker_pb2.GenerateRequest) -> GenerationRequest:
+    """The domain request; a proto seed of 0 means "unset"."""
+    return GenerationRequest(
+        job_id=request.job_id,
+        model=request.model,
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        seed=request.seed or None,
+    )
+
+
+def started_message(event: GenerationStarted) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(started=worker_pb2.GenerationStarted(input_tokens=event.input_tokens))
+
+
+def tokens_message(text: str, token_count: int) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(tokens=worker_pb2.TokenChunk(text=text, token_count=token_count))
+
+
+def finished_message(event: GenerationFinished) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(
+        finished=worker_pb2.GenerationFinished(
+            finish_reason=_FINISH_REASONS[event.finish_reason],
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+        )
+    )
+
+
+def merge_deltas(deltas: Sequence[TokenDelta]) -> tuple[str, int]:
+    """Text and token count of several deltas sent as one chunk."""
+    return "".join(d.text for d in deltas), sum(d.token_count for d in deltas)
+
+
+def worker_info(
+    status: WorkerStatus, *, engine_kind: str, models: Sequence[ServedModel], address: str, gpu: GpuStatus
+) -> worker_pb2.WorkerInfo:
+    counters = status.counters
+    start_time = timestamp_pb2.Timestamp()
+    start_time.FromDatetime(status.started_at)
+    return worker_pb2.WorkerInfo(
+        worker_id=status.worker_id,
+        address=address,
+        engine=engine_kind,
+        models=[worker_pb2.ModelInfo(name=m.name, context_length=m.context_length) for m in models],
+        state=_STATES[status.state],
+        max_concurrency=status.max_concurrency,
+        running=status.running,
+        gpu=worker_pb2.GpuInfo(
+            present=gpu.present,
+            name=gpu.name,
+            index=gpu.index,
+            memory_total_bytes=gpu.memory_total_bytes,
+            memory_used_bytes=gpu.memory_used_bytes,
+            memory_free_bytes=gpu.memory_free_bytes,
+        ),
+        stats=worker_pb2.WorkerStats(
+            requests_total=counters.requests_total,
+            tokens_generated_total=counters.tokens_generated_total,
+            aborted_total=counters.aborted_total,
+        ),
+        start_time=start_time,
+    )

@@ -1,0 +1,205 @@
+"""The hearth.api.worker.v1.WorkerService servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
+from hearth.errors import InvalidArgument
+from hearth.runtime import JOB_ID_ATTRIBUTE
+from workerd.adapters.metrics import WorkerMetrics
+from workerd.api import convert
+from workerd.domain.engine import (
+    Engine,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    GenerationStarted,
+    TokenDelta,
+)
+from workerd.domain.generation import validate_generation
+from workerd.domain.worker_status import GpuStatus, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+
+class _EngineDone:
+    """Queue marker: the engine's iterator ended."""
+
+
+_ENGINE_DONE = _EngineDone()
+_Relayed = GenerationEvent | BaseException | _EngineDone
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """Serves one engine over gRPC.
+
+    Generate validates the request, takes a concurrency slot from the
+    :class:`WorkerStatus` and relays the engine's events: the engine's
+    iterator runs in a task of its own feeding a queue, so that token deltas
+    that pile up while the client is slow go out as one TokenChunk. A client
+    that cancels the call aborts the generation in the engine.
+
+    Args:
+        engine: the started engine.
+        status: the worker's state, admission and counters.
+        metrics: the worker's Prometheus metrics.
+        tracer: the service's tracer (one span per Generate).
+        address: the advertised host:port (known once the server is bound).
+        read_gpu: the GPU as of now.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        status: WorkerStatus,
+        *,
+        metrics: WorkerMetrics,
+        tracer: trace.Tracer,
+        address: Callable[[], str],
+        read_gpu: Callable[[], GpuStatus],
+    ) -> None:
+        self._engine = engine
+        self._status = status
+        self._metrics = metrics
+        self._tracer = tracer
+        self._address = address
+        self._read_gpu = read_gpu
+
+    def describe(self) -> worker_pb2.WorkerInfo:
+        """The worker as GetInfo and heartbeats report it."""
+        return convert.worker_info(
+            self._status,
+            engine_kind=self._engine.kind,
+            models=self._engine.models(),
+            address=self._address(),
+            gpu=self._read_gpu(),
+        )
+
+    async def GetInfo(
+        self, request: worker_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.GetInfoResponse:
+        return worker_pb2.GetInfoResponse(worker=self.describe())
+
+    async def Abort(
+        self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.AbortResponse:
+        if not request.job_id:
+            raise InvalidArgument("job_id", "must not be empty")
+        aborted = await self._engine.abort(request.job_id)
+        if aborted:
+            log.info("aborted job %s on request", request.job_id, extra={"job_id": request.job_id})
+        return worker_pb2.AbortResponse(aborted=aborted)
+
+    async def Generate(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        generation = convert.generation_request(request)
+        span = self._tracer.start_span(
+            "workerd.generate",
+            attributes={
+                JOB_ID_ATTRIBUTE: generation.job_id,
+                "hearth.model": generation.model,
+                "hearth.max_tokens": generation.max_tokens,
+            },
+        )
+        try:
+            validate_generation(generation, self._engine.models())
+            # aclosing: when this generator is closed, the relay is closed (and the
+            # engine aborted) before the concurrency slot is given back.
+            with self._status.admit(generation.job_id):
+                async with contextlib.aclosing(self._relay(generation, span, context)) as relay:
+                    async for message in relay:
+                        yield message
+        except (asyncio.CancelledError, GeneratorExit):
+            span.set_attribute("hearth.finish_reason", "aborted")
+            span.set_attribute("hearth.client_cancelled", True)
+            raise
+        except Exception as err:
+            span.record_exception(err)
+            span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+            raise
+        finally:
+            span.end()
+
+    async def _relay(
+        self, generation: GenerationRequest, span: Span, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[worker_pb2.GenerateResponse, None]:
+        received = time.perf_counter()
+        queue: asyncio.Queue[_Relayed] = asyncio.Queue()
+        # The engine's spans (if any) are children of this Generate's span.
+        with trace.use_span(span, end_on_exit=False):
+            pump = asyncio.create_task(self._pump(generation, queue), name=f"generate-{generation.job_id}")
+        self._metrics.running.inc()
+        outcome = "error"
+        first_token = True
+        held: _Relayed | None = None
+        try:
+            while True:
+                event = held if held is not None else await queue.get()
+                held = None
+                if isinstance(event, _EngineDone):
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, GenerationStarted):
+                    span.set_attribute("hearth.input_tokens", event.input_tokens)
+                    yield convert.started_message(event)
+                elif isinstance(event, TokenDelta):
+                    deltas = [event]
+                    while not queue.empty():
+                        waiting = queue.get_nowait()
+                        if not isinstance(waiting, TokenDelta):
+                            held = waiting
+                            break
+                        deltas.append(waiting)
+                    text, count = convert.merge_deltas(deltas)
+                    if first_token:
+                        first_token = False
+                        self._metrics.time_to_first_token.observe(time.perf_counter() - received)
+                    self._metrics.generated_tokens.inc(count)
+                    self._status.record_tokens(count)
+                    yield convert.tokens_message(text, count)
+                elif isinstance(event, GenerationFinished):
+                    outcome = event.finish_reason
+                    self._status.record_finish(event.finish_reason)
+                    span.set_attribute("hearth.output_tokens", event.output_tokens)
+                    span.set_attribute("hearth.finish_reason", event.finish_reason)
+                    yield convert.finished_message(event)
+                if context.cancelled():
+                    raise asyncio.CancelledError("the client cancelled the call")
+        except (asyncio.CancelledError, GeneratorExit):
+            # A cancelled call either cancels this task (CancelledError) or, when
+            # it is cancelled while grpc sends a message, leaves this generator
+            # to be closed later (GeneratorExit). Both mean the client is gone.
+            if outcome == "error":  # not finished yet
+                outcome = "aborted"
+                self._status.record_finish("aborted")
+            # The client went away: stop the engine's work for it now.
+            await self._engine.abort(generation.job_id)
+            raise
+        finally:
+            pump.cancel()
+            # wait() rather than await: a cancellation of this task still propagates.
+            await asyncio.wait([pump])
+            self._metrics.running.dec()
+            self._metrics.requests.labels(outcome).inc()
+
+    async def _pump(self, generation: GenerationRequest, queue: asyncio.Queue[_Relayed]) -> None:
+        try:
+            async for event in self._engine.generate(generation):
+                queue.put_nowait(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # relayed to the RPC, where the interceptor maps it
+            queue.put_nowait(err)
+        else:
+            queue.put_nowait(_ENGINE_DONE)

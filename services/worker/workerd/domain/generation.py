@@ -1,0 +1,28 @@
+"""Checks on a generation request before it reaches the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hearth.errors import InvalidArgument
+from workerd.domain.engine import GenerationRequest, ServedModel, find_model
+
+
+def validate_generation(request: GenerationRequest, models: Sequence[ServedModel]) -> ServedModel:
+    """Return the served model the request asks for, or raise.
+
+    NotFound (``MODEL_NOT_FOUND``) for a model not served here;
+    InvalidArgument naming the field for an empty job id or prompt,
+    ``max_tokens`` below 1, or a negative or non-finite temperature. The
+    context-length check needs the tokenizer and is the engine's.
+    """
+    if not request.job_id:
+        raise InvalidArgument("job_id", "must not be empty")
+    model = find_model(models, request.model)
+    if not request.prompt:
+        raise InvalidArgument("prompt", "must not be empty")
+    if request.max_tokens < 1:
+        raise InvalidArgument("max_tokens", f"must be at least 1 (got {request.max_tokens})")
+    if not (request.temperature >= 0.0 and request.temperature != float("inf")):
+        raise InvalidArgument("temperature", f"must be 0 or more (got {request.temperature})")
+    return model
