@@ -35,7 +35,11 @@ def build_embedder(settings: Settings) -> Embedder:
     """
     if settings.tei_url:
         return TeiEmbedder(settings.tei_url, settings.embedding_model)
-    return LocalEmbedder(resolve_local_model(settings.embedding_model), settings.embedding_device)
+    return LocalEmbedder(
+        resolve_local_model(settings.embedding_model),
+        settings.embedding_device,
+        cpu_threads=settings.embedding_cpu_threads,
+    )
 
 
 def build_store(settings: Settings) -> QdrantMemoryStore:

@@ -33,6 +33,9 @@ class Settings(ServiceSettings):
         ),
     )
     embedding_device: str = Field(default="cpu", description="torch device of the local embedder.")
+    embedding_cpu_threads: int = Field(
+        default=1, ge=1, description="torch threads of the local embedder on the CPU."
+    )
     collection_prefix: str = Field(
         default="hearth_memories", description="Qdrant collections are named <prefix>__<model>__<dimension>."
     )

@@ -46,7 +46,10 @@ def build_engine(settings: Settings) -> Engine:
     from workerd.adapters.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(
-        ServedModel(entry.name, entry.context_length), entry.path, device=settings.device
+        ServedModel(entry.name, entry.context_length),
+        entry.path,
+        device=settings.device,
+        cpu_threads=settings.cpu_threads,
     )
 
 

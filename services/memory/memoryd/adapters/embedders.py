@@ -82,7 +82,10 @@ class LocalEmbedder:
         batch_size: texts per forward pass.
     """
 
-    def __init__(self, model: LocalModel, device: str = "cpu", *, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: LocalModel, device: str = "cpu", *, batch_size: int = 32, cpu_threads: int = 1
+    ) -> None:
+        self._cpu_threads = cpu_threads
         self._model_ref = model
         self._device = device
         self._batch_size = batch_size
@@ -124,6 +127,12 @@ class LocalEmbedder:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         from sentence_transformers import SentenceTransformer
 
+        if self._device == "cpu":
+            import torch
+
+            # Spinning intra-op threads on cores shared with the other services
+            # make small models many times slower; see memory.embedding_cpu_threads.
+            torch.set_num_threads(self._cpu_threads)
         model = SentenceTransformer(self._model_ref.path, device=self._device, local_files_only=True)
         dimension = model.get_embedding_dimension()
         if not dimension:

@@ -87,8 +87,11 @@ class TransformersEngine(Engine):
 
     kind = "transformers"
 
-    def __init__(self, model: ServedModel, path: Path | str, *, device: str = "auto") -> None:
+    def __init__(
+        self, model: ServedModel, path: Path | str, *, device: str = "auto", cpu_threads: int = 1
+    ) -> None:
         self._model_info = model
+        self._cpu_threads = cpu_threads
         self._path = Path(path)
         self._requested_device = device
         self._device: torch.device | None = None
@@ -116,6 +119,11 @@ class TransformersEngine(Engine):
         if not self._path.is_dir():
             raise FileNotFoundError(f"model folder {self._path} does not exist")
         device = _resolve_device(self._requested_device)
+        if device.type == "cpu":
+            # torch's intra-op threads spin while they wait; on a machine whose
+            # cores are shared with the other services, more threads than the
+            # model can use make every step many times slower.
+            torch.set_num_threads(self._cpu_threads)
         tokenizer = AutoTokenizer.from_pretrained(self._path, local_files_only=True)
         # Checkpoint dtype on GPUs (usually bf16); float32 on CPUs, where half
         # precision is slow or unsupported.
