@@ -64,7 +64,11 @@ def main() -> int:
     try:
         wait_for_stack(up, log_path)
         for line in log_path.read_text().splitlines():
-            if line.startswith("hearth:") or "tiny randomly initialised" in line or "Its text is noise" in line:
+            if (
+                line.startswith("hearth:")
+                or "tiny randomly initialised" in line
+                or "Its text is noise" in line
+            ):
                 print(line)
         hearth("status")
 
@@ -72,8 +76,15 @@ def main() -> int:
         hearth("memory", "add", "The hearth demo project keeps its notes in memoryd.", "--project", "demo")
 
         step("Running a job with memory context (tokens stream as they are made)")
-        prompt = ["run", "What does the demo project keep in memoryd?", "--context", "--project", "demo",
-                  "--max-tokens", "32"]
+        prompt = [
+            "run",
+            "What does the demo project keep in memoryd?",
+            "--context",
+            "--project",
+            "demo",
+            "--max-tokens",
+            "32",
+        ]
         print(f"$ hearth {' '.join(prompt)}", flush=True)
         if subprocess.run([HEARTH, "--data-dir", str(DATA_DIR), *prompt]).returncode != 0:
             raise SystemExit("demo: `hearth run` failed")

@@ -7,8 +7,8 @@ when the committed code differs (the staleness test calls this).
 from __future__ import annotations
 
 import argparse
-import os
 import filecmp
+import os
 import shutil
 import sys
 import tempfile

@@ -34,7 +34,10 @@ def start_stack(data_dir: Path, config: dict[str, Any], extra_workers: list[dict
     sink = (data_dir / "stack.log").open("w")
     stack = Stack(
         StackOptions(
-            data_dir=data_dir, config=config, log_sink=sink, pretty_logs=True,
+            data_dir=data_dir,
+            config=config,
+            log_sink=sink,
+            pretty_logs=True,
             extra_workers=list(extra_workers or []),
         )
     )

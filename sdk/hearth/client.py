@@ -324,7 +324,7 @@ class AsyncClient:
         *,
         model: str = "",
         role: str = "",
-        max_tokens: int = 0,
+        max_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
         priority: str | int = "interactive",
@@ -332,7 +332,7 @@ class AsyncClient:
         store_in_memory: bool = False,
         project_id: str = "",
         task_id: str = "",
-        timeout: float | timedelta | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        timeout: float | timedelta | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
     ) -> orchestrator_pb2.Job:
@@ -342,7 +342,7 @@ class AsyncClient:
             prompt: the prompt; must not be blank.
             model: a configured model name; empty means the role's default.
             role: the agent role; empty means the default role.
-            max_tokens: upper bound on generated tokens; 0 means the server's default.
+            max_tokens: upper bound on generated tokens, at least 1; None means the server's default.
             temperature: 0 is greedy decoding; at most 2.
             seed: sampling seed; 0 leaves it unset.
             priority: ``"interactive"`` (served first) or ``"batch"``, or a ``Priority`` value.
@@ -365,7 +365,6 @@ class AsyncClient:
             prompt=prompt,
             model=model,
             role=role,
-            max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
             priority=_priority_value(priority),
@@ -375,6 +374,8 @@ class AsyncClient:
             task_id=task_id,
             labels=dict(labels or {}),
         )
+        if max_tokens is not None:
+            spec.max_tokens = max_tokens
         if timeout is not None:
             spec.timeout.CopyFrom(_duration(timeout))
         request = orchestrator_pb2.SubmitJobRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))

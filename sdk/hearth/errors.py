@@ -189,7 +189,7 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _timedelta(seconds: float):  # noqa: ANN202
+def _timedelta(seconds: float):
     from datetime import timedelta
 
     return timedelta(seconds=seconds)

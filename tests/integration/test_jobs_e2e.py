@@ -37,8 +37,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         "worker": {"engine": "transformers", "model": TINY, "max_concurrency": 4},
     }
     sim_worker = {
-        "engine": "sim", "model": SIM_SLOW, "worker_id": "sim-worker", "max_concurrency": 8,
-        "sim_decode_seconds_per_step": 0.05, "sim_context_length": 8192,
+        "engine": "sim",
+        "model": SIM_SLOW,
+        "worker_id": "sim-worker",
+        "max_concurrency": 8,
+        "sim_decode_seconds_per_step": 0.05,
+        "sim_context_length": 8192,
     }
     stack = start_stack(tmp_path_factory.mktemp("stack-e2e"), config, [sim_worker])
     yield stack
@@ -48,8 +52,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
 @pytest.fixture
 async def client(stack: Any) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
-        orchestrator=stack.addresses["orchestratord"], pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"], router=stack.addresses["routerd"],
+        orchestrator=stack.addresses["orchestratord"],
+        pool=stack.addresses["pool-managerd"],
+        memory=stack.addresses["memoryd"],
+        router=stack.addresses["routerd"],
     ) as c:
         yield c
 
@@ -93,7 +99,11 @@ async def test_submit_stream_complete(client: AsyncClient) -> None:
     assert done.state == orchestrator_pb2.JOB_STATE_COMPLETED
     assert done.output == "".join(e.tokens.text for e in token_events)
     run = done.run
-    assert run.output_tokens == sum(e.tokens.token_count for e in token_events) == events[-1].completed.output_tokens
+    assert (
+        run.output_tokens
+        == sum(e.tokens.token_count for e in token_events)
+        == events[-1].completed.output_tokens
+    )
     assert 1 <= run.output_tokens <= 12
     assert run.input_tokens > 0 and run.model == TINY and run.worker_id and run.trace_id
     assert run.time_to_first_token.ToTimedelta() <= run.total_duration.ToTimedelta()
@@ -204,8 +214,12 @@ async def test_memory_context_is_used_and_the_interaction_stored(client: AsyncCl
     fact = await client.memory_store("The kiln in the workshop fires at 1200 degrees.", project_id=project)
     await client.memory_store("Unrelated: the cat sleeps on the sofa.", project_id=f"other-{project}")
     job = await client.submit(
-        "What temperature does the kiln fire at?", model=TINY, max_tokens=8,
-        use_memory_context=True, store_in_memory=True, project_id=project,
+        "What temperature does the kiln fire at?",
+        model=TINY,
+        max_tokens=8,
+        use_memory_context=True,
+        store_in_memory=True,
+        project_id=project,
     )
     events = await collect(client, job.job_id)
     assert kinds(events)[-1] == "completed"
@@ -221,10 +235,15 @@ async def test_memory_context_is_used_and_the_interaction_stored(client: AsyncCl
 
     # One trace across all five services, the NATS hop included.
     async def trace_complete() -> list[Any]:
+        # Each service flushes its span file on its own schedule: wait until
+        # every service's spans are on disk and the tree has closed (one root).
         spans = load_job_trace(stack.data_dir, job.job_id)
         services = {s.service for s in spans}
         wanted = {"orchestratord", "routerd", "memoryd", "pool-managerd", "workerd"}
-        return spans if wanted <= services and any(s.kind == "CONSUMER" for s in spans) else []
+        ids = {s.span_id for s in spans}
+        roots = [s for s in spans if s.parent_id not in ids]
+        complete = wanted <= services and any(s.kind == "CONSUMER" for s in spans) and len(roots) == 1
+        return spans if complete else []
 
     spans = await wait_for(trace_complete, timeout=15)
     assert len({s.trace_id for s in spans}) == 1
@@ -234,11 +253,16 @@ async def test_memory_context_is_used_and_the_interaction_stored(client: AsyncCl
         return by_id[span.parent_id].service if span.parent_id in by_id else ""
 
     for service, method in [
-        ("routerd", "Route"), ("pool-managerd", "Place"), ("workerd", "Generate"), ("memoryd", "Query")
+        ("routerd", "Route"),
+        ("pool-managerd", "Place"),
+        ("workerd", "Generate"),
+        ("memoryd", "Query"),
     ]:
         server = [s for s in spans if s.service == service and s.kind == "SERVER" and s.name.endswith(method)]
         assert server, f"no {service} {method} span"
-        assert parent_service(server[0]) == "orchestratord", f"{service} {method} is not a child of orchestratord"
+        assert parent_service(server[0]) == "orchestratord", (
+            f"{service} {method} is not a child of orchestratord"
+        )
     consumers = [s for s in spans if s.kind == "CONSUMER"]
     assert any(parent_service(s) == "orchestratord" for s in consumers)
     roots = [s for s in spans if not s.parent_id or s.parent_id not in by_id]

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from qdrant_client import QdrantClient, models
+
 from hearth.api.memory.v1 import memory_pb2 as pb
 from hearth.api.memory.v1 import memory_pb2_grpc
 from hearth.embedded import free_port, wait_healthy
 from hearth.errors import InvalidArgument, from_rpc_error
 from memoryd.adapters.embedders import DEFAULT_MODEL_NAME
 from memoryd.adapters.qdrant_store import collection_name
-from qdrant_client import QdrantClient, models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
+from nats.aio.client import Client
+
 from hearth.api.events.v1 import events_pb2
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2
 from hearth.embedded import EmbeddedNats, free_port, wait_healthy
 from hearth.errors import HearthError, from_rpc_error
 from hearth.runtime import subjects
-from nats.aio.client import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(90)]
 

@@ -25,7 +25,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     config = {
         "models": [{"name": MODEL, "engine": "sim", "context_length": 4096, "roles": ["default"]}],
         "orchestrator": {"max_queued": 3, "max_running": 1},
-        "worker": {"engine": "sim", "model": MODEL, "max_concurrency": 1, "sim_decode_seconds_per_step": 0.02},
+        "worker": {
+            "engine": "sim",
+            "model": MODEL,
+            "max_concurrency": 1,
+            "sim_decode_seconds_per_step": 0.02,
+        },
     }
     stack = start_stack(tmp_path_factory.mktemp("stack-queue"), config)
     yield stack
@@ -35,8 +40,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 async def client(stack: Any) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
-        orchestrator=stack.addresses["orchestratord"], pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"], router=stack.addresses["routerd"],
+        orchestrator=stack.addresses["orchestratord"],
+        pool=stack.addresses["pool-managerd"],
+        memory=stack.addresses["memoryd"],
+        router=stack.addresses["routerd"],
     ) as c:
         yield c
 
@@ -86,7 +93,7 @@ async def test_restart_runs_queued_jobs(client: AsyncClient, stack: Any) -> None
     ends = {j.job_id: await asyncio.wait_for(final_state(client, j.job_id), 60) for j in jobs}
     for job_id in queued_before:
         assert ends[job_id].WhichOneof("kind") == "completed", ends[job_id]
-    for job_id, end in ends.items():
+    for end in ends.values():
         kind = end.WhichOneof("kind")
         assert kind in {"completed", "failed"}
         if kind == "failed":

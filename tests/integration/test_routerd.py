@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
 from hearth.embedded import free_port, wait_healthy
 from hearth.errors import NotFound, from_rpc_error

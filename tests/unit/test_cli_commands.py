@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
+
 from hearth.api.events.v1 import events_pb2
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -25,7 +27,6 @@ from hearth.cli.session import CliSession
 from hearth.client import ADDRESS_ENV, AsyncClient
 from hearth.embedded import free_port
 from hearth.errors import NotFound, ResourceExhausted
-from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

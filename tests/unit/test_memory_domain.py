@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from hearth.api.memory.v1 import memory_pb2
 from hearth.errors import InvalidArgument, Unavailable
 from memoryd.adapters.embedders import DEFAULT_MODEL_NAME, resolve_local_model

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from qdrant_client import QdrantClient, models
+
 from memoryd.adapters.qdrant_store import QdrantMemoryStore, StoreStartError, collection_name
 from memoryd.domain import Memory, MemoryKind
-from qdrant_client import QdrantClient, models
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from memoryd.adapters.embedders import EmbedderStartError, TeiEmbedder
 from memoryd.domain import EmbedderError, EmbedderUnavailable, EmbeddingInputTooLarge
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from hearth.api.pool.v1 import pool_pb2
 from hearth.api.worker.v1 import worker_pb2
 from hearth.errors import InvalidArgument, NotFound
 from hearth.runtime import JOB_ID_ATTRIBUTE, ServiceMetrics
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pool_managerd.adapters.heartbeats import snapshot_from_info
 from pool_managerd.api.page_tokens import decode_page_token
 from pool_managerd.api.servicer import PoolServicer

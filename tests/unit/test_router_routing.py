@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hearth.errors import InvalidArgument, NotFound
 from routerd.domain.routing import (
     REPORT_SCHEMA_VERSION,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hearth.api.router.v1 import router_pb2
-from hearth.errors import InvalidArgument, NotFound
-from hearth.runtime import JOB_ID_ATTRIBUTE, ServiceMetrics
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from hearth.api.router.v1 import router_pb2
+from hearth.errors import InvalidArgument, NotFound
+from hearth.runtime import JOB_ID_ATTRIBUTE, ServiceMetrics
 from routerd.api.servicer import RouterServicer
 from routerd.domain.routing import CatalogModel, ModelCatalog
 

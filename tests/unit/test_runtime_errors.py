@@ -23,7 +23,7 @@ class _Router(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    async def Route(self, request, context):  # noqa: N802 - generated name
+    async def Route(self, request, context):
         raise self.error
 
 
@@ -53,11 +53,15 @@ async def test_invalid_argument_names_the_field() -> None:
 
 
 async def test_reason_metadata_and_retry_delay_survive() -> None:
-    err = from_rpc_error(await _call(ResourceExhausted("queue is full", reason="QUEUE_FULL", retry_after=1.5)))
+    err = from_rpc_error(
+        await _call(ResourceExhausted("queue is full", reason="QUEUE_FULL", retry_after=1.5))
+    )
     assert isinstance(err, ResourceExhausted)
     assert (err.reason, err.retry_after) == ("QUEUE_FULL", 1.5)
 
-    err = from_rpc_error(await _call(NotFound("no such model", reason="MODEL_NOT_FOUND", metadata={"model": "x"})))
+    err = from_rpc_error(
+        await _call(NotFound("no such model", reason="MODEL_NOT_FOUND", metadata={"model": "x"}))
+    )
     assert isinstance(err, NotFound)
     assert err.reason == "MODEL_NOT_FOUND" and err.metadata == {"model": "x"}
 

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-import hearth
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import hearth
 from hearth.api.events.v1 import events_pb2
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc

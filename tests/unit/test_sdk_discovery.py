@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from hearth.client import ADDRESS_ENV, AsyncClient, Client, discover_addresses
 from hearth.errors import FailedPrecondition
 

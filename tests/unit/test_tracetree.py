@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from hearth.tracetree import SpanRecord, load_job_trace, render_tree
 
 pytestmark = pytest.mark.unit

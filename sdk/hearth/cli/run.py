@@ -36,7 +36,9 @@ def run_command(
     model: Annotated[
         str, typer.Option("--model", "-m", help="A configured model; default: the role's.")
     ] = "",
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate; 0: default.")] = 0,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Most tokens to generate; default: the server's.")
+    ] = None,
     context: Annotated[
         bool, typer.Option("--context", help="Put the project's nearest memories before the prompt.")
     ] = False,

@@ -12,7 +12,6 @@ import logging
 
 from hearth.api.memory.v1 import memory_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, serve
-
 from memoryd.adapters.embedders import (
     EmbedderStartError,
     LocalEmbedder,

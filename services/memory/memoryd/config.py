@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Self
 
-from hearth.runtime import ServiceSettings
 from pydantic import Field, field_validator, model_validator
+
+from hearth.runtime import ServiceSettings
 
 
 class Settings(ServiceSettings):

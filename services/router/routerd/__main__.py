@@ -7,7 +7,6 @@ import logging
 
 from hearth.api.router.v1 import router_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, serve
-
 from routerd.api.servicer import RouterServicer
 from routerd.config import RouterSettings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from hearth.runtime import ModelConfig, ServiceSettings
 from pydantic import Field, field_validator
 
+from hearth.runtime import ModelConfig, ServiceSettings
 from routerd.domain.routing import CatalogModel, ModelCatalog
 
 

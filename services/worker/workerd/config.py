@@ -50,7 +50,8 @@ class Settings(ServiceSettings):
         default=1,
         ge=1,
         description="torch threads when the transformers engine runs on the CPU. One suits small "
-        "models on a machine shared with the other services; raise it for bigger models on a CPU of their own.",
+        "models on a machine shared with the other services; raise it for bigger models "
+        "on a CPU of their own.",
     )
     cuda_visible_devices: str = Field(
         default="", description="When set, CUDA_VISIBLE_DEVICES for this process (pins the worker to a GPU)."

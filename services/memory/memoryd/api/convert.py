@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
+
 from hearth.api.memory.v1 import memory_pb2
 from hearth.errors import InvalidArgument
-
 from memoryd.domain import Memory, MemoryKind, MemoryQuery, NewMemory, ScoredMemory
 
 _PROTO_PREFIX = "MEMORY_KIND_"

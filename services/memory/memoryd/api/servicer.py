@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import grpc
-from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
-from hearth.runtime import ServiceMetrics
 from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Histogram
 
+from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
+from hearth.runtime import ServiceMetrics
 from memoryd.api.convert import memory_to_proto, new_memory_from_proto, query_from_proto, scored_to_proto
 from memoryd.domain import MemoryKind, MemoryService
 

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from hearth.errors import InvalidArgument, Unavailable
-
 from memoryd.domain.memories import (
     Memory,
     MemoryLimits,

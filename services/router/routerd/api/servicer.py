@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
+from opentelemetry import trace
+
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
 from hearth.errors import HearthError, InvalidArgument
 from hearth.runtime import JOB_ID_ATTRIBUTE, ServiceMetrics
-from opentelemetry import trace
-
 from routerd.domain.routing import ModelCatalog, RouteDecision, RouteFacts, route
 
 #: Span attributes of a routing decision, besides the job id.

@@ -1,0 +1,2 @@
+"""Alembic migrations of the orchestrator's schema, run programmatically by
+:func:`orchestratord.adapters.migrate.upgrade_database`."""

@@ -1,0 +1,75 @@
+"""orchestratord's settings: hearth.yaml (``orchestrator:``), then
+HEARTH_ORCHESTRATOR_* / HEARTH_* environment, then --kebab-case flags."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from hearth.runtime import ServiceSettings
+
+_ASYNCPG_SCHEME = "postgresql+asyncpg://"
+
+
+class Settings(ServiceSettings):
+    service: ClassVar[str] = "orchestrator"
+
+    database_url: str = Field(
+        description="Postgres URL for SQLAlchemy with asyncpg (postgresql+asyncpg://...; a postgresql:// URL "
+        "is rewritten to it)."
+    )
+    router_address: str = Field(description="host:port of routerd.")
+    pool_address: str = Field(description="host:port of pool-managerd.")
+    memory_address: str = Field(
+        default="",
+        description="host:port of memoryd; empty: jobs asking for memory fail with MEMORY_UNAVAILABLE.",
+    )
+    max_queued: int = Field(
+        default=1024, gt=0, description="Queued jobs across both bands; more: QUEUE_FULL."
+    )
+    max_running: int = Field(default=256, gt=0, description="Jobs dispatched at once.")
+    max_prompt_chars: int = Field(
+        default=200_000, gt=0, description="Longest prompt accepted, in characters."
+    )
+    default_max_tokens: int = Field(default=256, gt=0, description="max_tokens of a job that leaves it 0.")
+    default_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Deadline from submission of a job that sets no timeout."
+    )
+    place_retry_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description="Wait between Place attempts while no worker has capacity (NO_CAPACITY); a job keeps "
+        "waiting up to its deadline. The pool's retry delay wins when longer.",
+    )
+    memory_context_top_k: int = Field(default=5, gt=0, description="Memories asked for as context.")
+    memory_context_max_chars: int = Field(
+        default=4000, ge=0, description="Most characters of context per job."
+    )
+    run_migrations: bool = Field(default=True, description="Bring the database schema up to date at start.")
+    journal_flush_seconds: float = Field(
+        default=0.02,
+        gt=0,
+        description="Longest time a token event waits before it is written to the database.",
+    )
+    journal_max_batch: int = Field(
+        default=500, gt=0, description="Events that trigger a database write at once."
+    )
+    database_pool_size: int = Field(default=10, gt=0, description="Database connections kept open.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        for scheme in ("postgresql://", "postgres://"):
+            if value.startswith(scheme):
+                return _ASYNCPG_SCHEME + value[len(scheme) :]
+        if not value.startswith(_ASYNCPG_SCHEME):
+            raise ValueError("must be a postgresql+asyncpg:// (or postgresql://) URL")
+        return value
+
+    @field_validator("router_address", "pool_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not value or ":" not in value:
+            raise ValueError("must be host:port")
+        return value

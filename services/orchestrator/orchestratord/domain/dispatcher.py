@@ -1,0 +1,498 @@
+"""The dispatcher: takes queued jobs and runs each one on a worker.
+
+For each job, in one "dispatch" span (a child of the submitter's trace):
+
+1. the target is the first of the chain the router chose at submit;
+2. with use_memory_context, memoryd is asked for context, which goes before
+   the prompt (memoryd failing fails the job: MEMORY_UNAVAILABLE);
+3. pool-managerd places the job on a worker (NO_CAPACITY: wait and retry,
+   until the job's deadline);
+4. the worker's Generate stream is relayed: started -> RUNNING, each token
+   chunk -> a tokens event (to watchers at once, to the database in
+   batches), finished -> COMPLETED;
+5. the lease is always released;
+6. the end is written with the run record (see ActiveJobs.finalize);
+7. with store_in_memory, a completed job's prompt and answer are stored in
+   memoryd in the background (failures are logged, never fail the job).
+
+Cancellation and deadlines reach a job through ActiveJobs.end, which claims
+the end and cancels the job's work task; the dispatcher then aborts the
+worker, releases the lease and writes the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from hearth.errors import HearthError, Unavailable
+from hearth.runtime.tracing import JOB_ID_ATTRIBUTE
+from orchestratord.domain.active import ActiveJobs
+from orchestratord.domain.context import build_prompt_with_context
+from orchestratord.domain.jobs import ActiveJob, JobState, Outcome, Priority
+from orchestratord.domain.journal import EventJournal
+from orchestratord.domain.ports import (
+    GenerationFinished,
+    GenerationRequest,
+    GenerationStarted,
+    JobMetrics,
+    Memory,
+    Pool,
+    TokenChunk,
+    WorkerError,
+    WorkerLease,
+    Workers,
+)
+
+log = logging.getLogger(__name__)
+
+_SIDE_CALL_TIMEOUT = 5.0  # release, abort, engine lookup: small calls that must not hang a job
+
+
+class JobFailure(Exception):
+    """Ends the job being dispatched as FAILED with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    #: Most jobs dispatched at once (placing, generating, finishing).
+    max_running: int = 256
+    #: Wait between Place attempts while the pool has no capacity (the pool's
+    #: own retry delay wins when longer). A release by this orchestrator of a
+    #: lease for the same model ends the wait early.
+    place_retry_seconds: float = 0.2
+    memory_top_k: int = 5
+    memory_max_chars: int = 4000
+
+
+class CapacityWaiters:
+    """Jobs waiting for a slot on a model, interactive before batch, oldest
+    first. A released lease wakes one waiter of its model."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, dict[Priority, deque[asyncio.Future[None]]]] = {}
+
+    async def wait(self, model: str, priority: Priority, at_most: float) -> None:
+        bands = self._waiting.setdefault(model, {Priority.INTERACTIVE: deque(), Priority.BATCH: deque()})
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        bands[priority].append(waiter)
+        try:
+            async with asyncio.timeout(at_most):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    def notify(self, model: str) -> None:
+        bands = self._waiting.get(model)
+        if not bands:
+            return
+        for band in (Priority.INTERACTIVE, Priority.BATCH):
+            waiting = bands[band]
+            while waiting:
+                waiter = waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+
+
+class Dispatcher:
+    """Runs queued jobs, at most ``max_running`` at once.
+
+    Lifecycle: :meth:`start` starts the loop; :meth:`stop` cancels it and
+    every job being dispatched (their Generate calls are cancelled and their
+    leases released), leaving those jobs as the database has them (QUEUED or
+    RUNNING) for the next start's recovery; an end already claimed is still
+    written. Both are safe to call twice.
+    """
+
+    def __init__(
+        self,
+        active: ActiveJobs,
+        journal: EventJournal,
+        pool: Pool,
+        workers: Workers,
+        memory: Memory,
+        metrics: JobMetrics,
+        tracer: trace.Tracer,
+        settings: DispatchSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._active = active
+        self._journal = journal
+        self._pool = pool
+        self._workers = workers
+        self._memory = memory
+        self._metrics = metrics
+        self._tracer = tracer
+        self._settings = settings
+        self._clock = clock
+        self._capacity = CapacityWaiters()
+        self._running: set[asyncio.Task[None]] = set()
+        self._placing_early: set[asyncio.Task[WorkerLease]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        if self._loop_task is None and not self._stopped:
+            self._loop_task = asyncio.create_task(self._take_jobs(), name="dispatcher")
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks = [t for t in (self._loop_task, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Placements still landing are released (their callbacks do it), and
+        # releases and aborts get a moment to finish; memory stores do not.
+        if self._placing_early:
+            await asyncio.wait(self._placing_early, timeout=_SIDE_CALL_TIMEOUT)
+        if self._background:
+            _, late = await asyncio.wait(self._background, timeout=_SIDE_CALL_TIMEOUT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # --- early placement: Place overlapped with the submit's insert ---
+
+    def place_early(self, job_id: str, model: str, time_limit: float) -> asyncio.Task[WorkerLease] | None:
+        """Start placing a job that is still being persisted, when it will be
+        dispatched at once anyway (nothing queued, a running slot free). The
+        Place round trip then overlaps the insert instead of following it,
+        which takes one round trip off the time to first token. None when
+        the job would have to queue. The result goes to :meth:`run_now`, or
+        back with :meth:`give_back`."""
+        busy = len(self._running) + len(self._placing_early) >= self._settings.max_running
+        if self._loop_task is None or self._stopped or self._active.queue or busy:
+            return None
+        placing = asyncio.create_task(self._pool.place(job_id, model, time_limit=time_limit))
+        self._placing_early.add(placing)
+        placing.add_done_callback(self._placing_early.discard)
+        return placing
+
+    def run_now(self, job: ActiveJob, placing: asyncio.Task[WorkerLease]) -> bool:
+        """Dispatch a just-persisted job at once with its early placement.
+        False when jobs now wait in the queue (they came first) or no slot is
+        free: the placement is given back and the job must be queued."""
+        if self._stopped or self._active.queue or len(self._running) >= self._settings.max_running:
+            self.give_back(placing)
+            return False
+        job.placing = placing
+        self._active.admit_dispatched(job)
+        self._launch(job)
+        return True
+
+    def give_back(self, placing: asyncio.Task[WorkerLease]) -> None:
+        """Release an early placement that will not be used, once it lands."""
+        placing.add_done_callback(self._release_orphan)
+
+    # --- the loop ---
+
+    async def _take_jobs(self) -> None:
+        available = self._active.work_available
+        while True:
+            if len(self._running) < self._settings.max_running:
+                job = self._active.take()
+                if job is not None:
+                    self._launch(job)
+                    continue
+            available.clear()
+            await available.wait()
+
+    def _launch(self, job: ActiveJob) -> None:
+        task = asyncio.create_task(self._dispatch(job), name=f"dispatch-{job.job_id}")
+        self._running.add(task)
+        task.add_done_callback(self._dispatch_done)
+
+    def _dispatch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._active.work_available.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch task failed", exc_info=task.exception())
+
+    # --- one job ---
+
+    async def _dispatch(self, job: ActiveJob) -> None:
+        attributes = {JOB_ID_ATTRIBUTE: job.job_id}
+        parent = job.trace_context
+        with self._tracer.start_as_current_span("dispatch", context=parent, attributes=attributes) as span:  # type: ignore[arg-type]
+            job.trace_id = format(span.get_span_context().trace_id, "032x")
+            # Later lifecycle events (published from background tasks) join here.
+            job.trace_context = otel_context.get_current()
+            try:
+                interrupted = False
+                if not job.state.is_terminal:
+                    outcome = await self._supervise(job)
+                    if outcome is None:
+                        interrupted = True
+                    else:
+                        self._active.end(job, outcome)
+                if interrupted and job.generation_address:
+                    self._in_background(self._abort(job.generation_address, job.job_id))
+                self._drop_early_placement(job)
+                await self._release(job)
+                await self._describe_engine(job)
+                with self._tracer.start_as_current_span("record", attributes=attributes):
+                    await self._active.finalize(job)
+            except asyncio.CancelledError:
+                # Stopping: free the slot; the job stays as the database has
+                # it unless its end was already claimed, which is written.
+                self._drop_early_placement(job)
+                await self._release(job)
+                if job.terminal is not None:
+                    with contextlib.suppress(Exception):
+                        await self._active.finalize(job)
+                raise
+            span.set_attribute("hearth.job_state", job.state.value)
+            if job.state is JobState.FAILED:
+                span.set_status(trace.StatusCode.ERROR, job.end_reason)
+        if job.state is JobState.COMPLETED and job.spec.store_in_memory:
+            self._in_background(self._remember(job))
+
+    async def _supervise(self, job: ActiveJob) -> Outcome | None:
+        """Run the job's work as its own task so a cancel or deadline can
+        interrupt it; None when it was interrupted."""
+        work = asyncio.create_task(self._work(job))
+        job.work = work
+        try:
+            await asyncio.wait((work,))
+        except asyncio.CancelledError:
+            work.cancel()
+            await asyncio.wait((work,))
+            raise
+        finally:
+            job.work = None
+        if work.cancelled():
+            return None
+        error = work.exception()
+        if error is None:
+            return work.result()  # type: ignore[no-any-return]
+        if isinstance(error, (JobFailure, WorkerError)):
+            return Outcome.failed(error.reason, error.message)
+        log.error("dispatch of job %s failed", job.job_id, exc_info=error)
+        return Outcome.failed("INTERNAL", "the orchestrator failed to run the job; see its log")
+
+    async def _work(self, job: ActiveJob) -> Outcome | None:
+        spec = job.spec
+        prompt = spec.prompt
+        if spec.use_memory_context:
+            prompt = await self._recall(job)
+        # The first target of the chain chosen at submit; walking the
+        # fallbacks comes with the routing policy work.
+        model = job.route.chain[0]
+        while True:
+            lease = await self._place(job, model)
+            try:
+                return await self._generate(job, lease, prompt)
+            except WorkerError as err:
+                if err.reason != "WORKER_BUSY" or job.state is not JobState.QUEUED:
+                    raise
+                # Refused before starting (its slot not yet free on the
+                # worker): give the lease back and place again.
+                await self._release(job)
+                await self._capacity.wait(model, spec.priority, self._retry_delay(err.retry_after))
+
+    async def _recall(self, job: ActiveJob) -> str:
+        spec = job.spec
+        with self._tracer.start_as_current_span(
+            "memory.query", attributes={JOB_ID_ATTRIBUTE: job.job_id}
+        ) as span:
+            try:
+                memories = await self._memory.query(
+                    spec.prompt,
+                    spec.project_id,
+                    spec.task_id,
+                    self._settings.memory_top_k,
+                    time_limit=self._remaining(job),
+                )
+            except HearthError as err:
+                raise JobFailure("MEMORY_UNAVAILABLE", f"memoryd failed: {err.message}") from err
+            contextual = build_prompt_with_context(spec.prompt, memories, self._settings.memory_max_chars)
+            span.set_attribute("hearth.memory.count", len(contextual.memory_ids))
+        job.context_memory_ids = contextual.memory_ids
+        return contextual.text
+
+    async def _place(self, job: ActiveJob, model: str) -> WorkerLease:
+        placing, job.placing = job.placing, None
+        while True:
+            with self._tracer.start_as_current_span(
+                "pool.place", attributes={JOB_ID_ATTRIBUTE: job.job_id}
+            ) as span:
+                # Shielded: a lease granted while we were being cancelled must
+                # still be released, or the pool would lose that slot.
+                if placing is None:
+                    placing = asyncio.create_task(
+                        self._pool.place(job.job_id, model, time_limit=self._remaining(job))
+                    )
+                try:
+                    lease = await asyncio.shield(placing)
+                except asyncio.CancelledError:
+                    placing.add_done_callback(self._release_orphan)
+                    raise
+                except HearthError as err:
+                    if err.reason != "NO_CAPACITY" and not isinstance(err, Unavailable):
+                        raise JobFailure(err.reason, err.message) from err
+                    span.set_attribute("hearth.place.result", err.reason)
+                    delay = self._retry_delay(err.retry_after)
+                else:
+                    span.set_attribute("hearth.worker_id", lease.worker_id)
+                    job.lease = lease
+                    return lease
+            placing = None
+            await self._capacity.wait(model, job.spec.priority, delay)
+
+    async def _generate(self, job: ActiveJob, lease: WorkerLease, prompt: str) -> Outcome | None:
+        """Relay one generation; None when the job ended meanwhile."""
+        spec = job.spec
+        request = GenerationRequest(
+            job.job_id, lease.model, prompt, spec.max_tokens, spec.temperature, spec.seed
+        )
+        job.generation_address = lease.address
+        job.worker_id = job.worker_id or lease.worker_id
+        clock, journal, metrics = self._clock, self._journal, self._metrics
+        attributes = {JOB_ID_ATTRIBUTE: job.job_id, "hearth.worker_id": lease.worker_id}
+        with self._tracer.start_as_current_span("worker.generate", attributes=attributes):
+            stream = self._workers.generate(lease.address, request, time_limit=self._remaining(job))
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for message in stream:
+                    if type(message) is TokenChunk:  # the hot path: no await until the next read
+                        first = job.first_token_at is None
+                        event = job.append_tokens(message.text, message.token_count, clock())
+                        if event is None:
+                            if job.state is not JobState.QUEUED:
+                                return None  # ended (cancel, deadline): the rest is dropped
+                            self._start(job, lease, 0)
+                            event = job.append_tokens(message.text, message.token_count, clock())
+                            if event is None:
+                                return None
+                        journal.append(event)
+                        metrics.tokens_relayed(message.token_count)
+                        if first:
+                            metrics.first_token(event.time - job.created_at)
+                    elif type(message) is GenerationStarted:
+                        self._start(job, lease, message.input_tokens)
+                    elif type(message) is GenerationFinished:
+                        if job.state is JobState.QUEUED:
+                            self._start(job, lease, message.input_tokens)
+                        if message.input_tokens:
+                            job.input_tokens = message.input_tokens
+                        if message.finish_reason == "ABORTED":
+                            return Outcome.failed("GENERATION_ABORTED", "the worker aborted the generation")
+                        return Outcome.completed(message.finish_reason, message.output_tokens)
+        if job.state.is_terminal:
+            return None
+        raise JobFailure("WORKER_LOST", f"worker {lease.worker_id} ended the stream without finishing")
+
+    def _start(self, job: ActiveJob, lease: WorkerLease, input_tokens: int) -> None:
+        event = job.start(lease.model, lease.worker_id, input_tokens, self._clock())
+        if event is not None:
+            self._journal.append(event)
+
+    # --- side calls ---
+
+    async def _release(self, job: ActiveJob) -> None:
+        lease, job.lease = job.lease, None
+        if lease is None:
+            return
+        with self._tracer.start_as_current_span("pool.release", attributes={JOB_ID_ATTRIBUTE: job.job_id}):
+            try:
+                async with asyncio.timeout(_SIDE_CALL_TIMEOUT):
+                    await self._pool.release(lease.lease_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("release of lease %s (job %s) failed: %s", lease.lease_id, job.job_id, err)
+        self._capacity.notify(lease.model)
+
+    def _drop_early_placement(self, job: ActiveJob) -> None:
+        # The job ended before its work used the placement made at submit.
+        placing, job.placing = job.placing, None
+        if placing is not None:
+            self.give_back(placing)
+
+    def _release_orphan(self, placing: asyncio.Task[WorkerLease]) -> None:
+        if placing.cancelled() or placing.exception() is not None:
+            return
+        lease = placing.result()
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.release(lease.lease_id), _SIDE_CALL_TIMEOUT)
+            self._capacity.notify(lease.model)
+
+        self._in_background(release())
+
+    async def _abort(self, address: str, job_id: str) -> None:
+        try:
+            await asyncio.wait_for(self._workers.abort(address, job_id), _SIDE_CALL_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.debug("abort of job %s at %s failed: %s", job_id, address, err)
+
+    async def _describe_engine(self, job: ActiveJob) -> None:
+        if not job.generation_address or job.engine:
+            return
+        try:
+            job.engine = await asyncio.wait_for(self._workers.engine_of(job.generation_address), 1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.debug("engine of %s unknown: %s", job.generation_address, err)
+
+    async def _remember(self, job: ActiveJob) -> None:
+        spec = job.spec
+        # In the job's trace (under its dispatch span), although it runs after.
+        with self._tracer.start_as_current_span(
+            "memory.store",
+            context=job.trace_context,  # type: ignore[arg-type]
+            attributes={JOB_ID_ATTRIBUTE: job.job_id},
+        ):
+            try:
+                await self._memory.store_interaction(
+                    f"{spec.prompt}\n\n{job.output}",
+                    spec.project_id,
+                    spec.task_id,
+                    source=job.job_id,
+                    request_id=job.job_id,
+                    time_limit=30.0,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("storing job %s in memory failed: %s", job.job_id, err)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _remaining(self, job: ActiveJob) -> float:
+        return max(0.001, job.deadline - self._clock())
+
+    def _retry_delay(self, hint: float | None) -> float:
+        return max(self._settings.place_retry_seconds, hint or 0.0)

@@ -1,0 +1,226 @@
+"""The ports: what the orchestrator needs from the world, as small protocols.
+
+The adapters implement them over gRPC, Postgres and NATS; the unit tests
+implement them with small fakes. Errors from the router, pool and memory
+ports are ``hearth.errors`` exceptions carrying the callee's reason (e.g.
+``ResourceExhausted`` with reason NO_CAPACITY); the worker port raises
+:class:`WorkerError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestratord.domain.context import RecalledMemory
+from orchestratord.domain.jobs import JobEnd, JobEvent, JobSnapshot, JobState, RouteDecision
+
+# --- router ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFacts:
+    job_id: str
+    model: str
+    role: str
+    prompt_tokens: int
+    max_tokens: int
+
+
+class Router(Protocol):
+    async def route(self, facts: RouteFacts) -> RouteDecision:
+        """Decide the chain of targets for a job. Raises the router's error
+        (e.g. NotFound MODEL_NOT_FOUND, InvalidArgument CONTEXT_TOO_LONG)."""
+        ...
+
+
+# --- pool ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLease:
+    lease_id: str
+    worker_id: str
+    address: str
+    model: str
+    context_length: int
+
+
+class Pool(Protocol):
+    async def place(self, job_id: str, model: str, *, time_limit: float) -> WorkerLease:
+        """A lease on a worker slot. Raises ResourceExhausted (NO_CAPACITY)
+        when every worker is full, NotFound (MODEL_NOT_FOUND) when none
+        serves the model."""
+        ...
+
+    async def release(self, lease_id: str) -> None:
+        """Free a lease's slot; releasing twice is not an error."""
+        ...
+
+
+# --- worker ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    job_id: str
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStarted:
+    input_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    #: STOP, LENGTH or ABORTED.
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+GenerationEvent = GenerationStarted | TokenChunk | GenerationFinished
+
+
+class WorkerError(Exception):
+    """A generation that did not finish. ``reason`` is the job's end reason:
+    WORKER_LOST (the worker died or dropped the stream), WORKER_BUSY (the
+    worker refused for lack of a slot; retryable after ``retry_after``),
+    ENGINE_ERROR, or a stable reason the worker gave (CONTEXT_TOO_LONG,
+    MODEL_NOT_FOUND)."""
+
+    def __init__(self, reason: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Workers(Protocol):
+    def generate(
+        self, address: str, request: GenerationRequest, *, time_limit: float
+    ) -> AsyncIterator[GenerationEvent]:
+        """Stream one generation from the worker at ``address``: started,
+        token chunks, finished. Cancelling the consumer cancels the call, which
+        aborts the generation in the worker. Raises WorkerError."""
+        ...
+
+    async def abort(self, address: str, job_id: str) -> None:
+        """Ask the worker to stop a job's generation; best effort."""
+        ...
+
+    async def engine_of(self, address: str) -> str:
+        """The engine kind of the worker at ``address`` (cached)."""
+        ...
+
+
+# --- memory ----------------------------------------------------------------
+
+
+class Memory(Protocol):
+    async def query(
+        self, text: str, project_id: str, task_id: str, top_k: int, *, time_limit: float
+    ) -> list[RecalledMemory]:
+        """The project's memories nearest to ``text``, nearest first."""
+        ...
+
+    async def store_interaction(
+        self, text: str, project_id: str, task_id: str, source: str, request_id: str, *, time_limit: float
+    ) -> None:
+        """Store a raw_interaction memory; idempotent by request_id."""
+        ...
+
+
+# --- persistence -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredJob:
+    """A job left QUEUED by a previous process, with its log."""
+
+    snapshot: JobSnapshot
+    events: list[JobEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    #: The terminal events written for jobs left RUNNING (ORCHESTRATOR_RESTARTED).
+    failed: list[JobEvent]
+    #: Jobs left QUEUED, oldest first.
+    queued: list[RecoveredJob]
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[JobSnapshot]
+    #: (created_at in epoch microseconds, job id) of the last job, when more may follow.
+    next_after: tuple[int, str] | None
+
+
+class JobStore(Protocol):
+    """The system of record. Every method is one transaction."""
+
+    async def insert_job(self, job: JobSnapshot, queued: JobEvent) -> bool:
+        """Insert the job row and its first event. False (nothing written)
+        when a job with the same request_id exists."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobSnapshot | None: ...
+
+    async def find_by_request_id(self, request_id: str) -> JobSnapshot | None: ...
+
+    async def list_jobs(
+        self, page_size: int, after: tuple[int, str] | None, state: JobState | None
+    ) -> JobPage:
+        """Newest first; ``after`` continues from a previous page."""
+        ...
+
+    async def read_events(self, job_id: str, after_sequence: int) -> list[JobEvent]: ...
+
+    async def write_batch(self, events: Sequence[JobEvent], ends: Sequence[JobEnd]) -> None:
+        """In one transaction: append ``events`` (a started event also moves
+        its job to RUNNING), then for each end its terminal event, the final
+        job row and the run record. Idempotent: rewriting a batch that was
+        already written changes nothing."""
+        ...
+
+    async def recover(self, now: float) -> Recovery:
+        """Fail jobs left RUNNING (ORCHESTRATOR_RESTARTED, a terminal event
+        appended) and return jobs left QUEUED, oldest first."""
+        ...
+
+
+# --- events and metrics ----------------------------------------------------
+
+
+class EventPublisher(Protocol):
+    """Copies of lifecycle events for other parties. Never blocks and never
+    fails a job: publishing happens in the background."""
+
+    def job_event(self, event: JobEvent) -> None: ...
+
+    def cancel_requested(self, job_id: str, reason: str) -> None: ...
+
+
+class JobMetrics(Protocol):
+    def job_submitted(self, priority: str) -> None: ...
+
+    def job_ended(self, state: str, reason: str) -> None: ...
+
+    def queue_depth(self, band: str, depth: int) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def tokens_relayed(self, count: int) -> None: ...
