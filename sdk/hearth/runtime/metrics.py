@@ -1,13 +1,10 @@
-"""Prometheus metrics: a registry per service, /metrics over HTTP, and a
-server interceptor counting RPCs by method and code."""
+"""Prometheus metrics: a registry per service and /metrics over HTTP. RPCs are
+counted by the server interceptor (hearth.runtime.interceptors)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 
@@ -49,57 +46,3 @@ class ServiceMetrics:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _MetricsInterceptor(self)
-
-
-class _MetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self._m = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc."):
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        m = self._m
-
-        def record(context: grpc.aio.ServicerContext, started: float) -> None:
-            code = context.code() if callable(getattr(context, "code", None)) else None
-            name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-            m.rpcs.labels(method, name).inc()
-            m.rpc_seconds.labels(method).observe(time.perf_counter() - started)
-
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    return await inner(request, context)
-                finally:
-                    record(context, started)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                finally:
-                    record(context, started)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hearth.runtime.bus import NatsBus
-from hearth.runtime.interceptors import ErrorInterceptor
+from hearth.runtime.interceptors import RpcInterceptor
 from hearth.runtime.logs import setup_logging
 from hearth.runtime.metrics import ServiceMetrics
 from hearth.runtime.settings import ServiceSettings
@@ -50,11 +50,7 @@ class ServiceHost:
         self.metrics = ServiceMetrics(name.removesuffix("d").replace("-", "_"))
         self.bus: NatsBus | None = NatsBus(settings.nats_url, name, self.telemetry) if connect_bus else None
         self.server = grpc.aio.server(
-            interceptors=[
-                *self.telemetry.server_interceptors(),  # type: ignore[list-item]
-                self.metrics.interceptor(),
-                ErrorInterceptor(),
-            ],
+            interceptors=[RpcInterceptor(self.telemetry.tracer, self.metrics)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
         )
         self.health = health.aio.HealthServicer()

@@ -90,6 +90,62 @@ class Telemetry:
         # the global API (and the log formatter) see this service's spans.
         trace.set_tracer_provider(self.provider)
 
+    def client_interceptors(self) -> list[object]:
+        """Traced calls from this service to another (see hearth.runtime.interceptors)."""
+        from hearth.runtime.interceptors import client_interceptors
+
+        return list(client_interceptors(self.tracer))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, object]:
+    ctx = span.get_span_context()
+    parent = span.parent
+    return {
+        "trace_id": format(ctx.trace_id, "032x") if ctx else "",
+        "span_id": format(ctx.span_id, "016x") if ctx else "",
+        "parent_id": format(parent.span_id, "016x") if parent else "",
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name", ""),
+        "kind": span.kind.name if span.kind else "",
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": {k: redact(v) if isinstance(v, str) else v for k, v in (span.attributes or {}).items()},
+    }
+
+
+class Telemetry:
+    """The tracer provider of one service, with start/stop.
+
+    Args:
+        service: service.name of every span.
+        data_dir: where the JSONL span file goes, when ``to_files``.
+        otlp_endpoint: an OTLP gRPC collector; empty for none.
+    """
+
+    def __init__(
+        self, service: str, data_dir: Path, *, to_files: bool = True, otlp_endpoint: str = ""
+    ) -> None:
+        self.service = service
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        if to_files:
+            exporter = JsonlSpanExporter(Path(data_dir) / "traces" / f"{service}.jsonl")
+            self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            self.provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+            )
+        self.tracer = self.provider.get_tracer(f"hearth.{service}")
+        # The provider is also made global, so that libraries that trace through
+        # the global API (and the log formatter) see this service's spans.
+        trace.set_tracer_provider(self.provider)
+
     def server_interceptors(self) -> list[object]:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 

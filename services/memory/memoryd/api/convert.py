@@ -25,7 +25,7 @@ def kind_from_proto(value: int, field_path: str) -> MemoryKind | None:
     try:
         return MemoryKind[memory_pb2.MemoryKind.Name(value).removeprefix(_PROTO_PREFIX)]
     except (ValueError, KeyError):
-        raise InvalidArgument(field_path, f"unknown memory kind {value}", reason="UNKNOWN_KIND") from None
+        raise InvalidArgument(field_path, f"unknown memory kind {value}") from None
 
 
 def kinds_from_proto(values: Iterable[int]) -> tuple[MemoryKind, ...]:
@@ -33,9 +33,7 @@ def kinds_from_proto(values: Iterable[int]) -> tuple[MemoryKind, ...]:
     for value in values:
         kind = kind_from_proto(value, "kinds")
         if kind is None:
-            raise InvalidArgument(
-                "kinds", "MEMORY_KIND_UNSPECIFIED is not a kind to filter by", reason="UNKNOWN_KIND"
-            )
+            raise InvalidArgument("kinds", "MEMORY_KIND_UNSPECIFIED is not a kind to filter by")
         if kind not in kinds:
             kinds.append(kind)
     return tuple(kinds)

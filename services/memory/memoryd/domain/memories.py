@@ -115,7 +115,6 @@ def validate_query(query: MemoryQuery, limits: MemoryLimits) -> MemoryQuery:
         raise InvalidArgument(
             "top_k",
             f"must be between 0 and {limits.max_top_k}, got {query.top_k}",
-            reason="OUT_OF_RANGE",
             max=str(limits.max_top_k),
         )
     return replace(query, top_k=query.top_k or limits.default_top_k)
@@ -132,7 +131,7 @@ def parse_request_id(request_id: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(request_id)
     except ValueError:
-        raise InvalidArgument("request_id", "must be a UUID", reason="INVALID_UUID") from None
+        raise InvalidArgument("request_id", "must be a UUID") from None
 
 
 def parse_memory_ids(project_id: str, memory_ids: Sequence[str]) -> list[str]:
@@ -144,16 +143,14 @@ def parse_memory_ids(project_id: str, memory_ids: Sequence[str]) -> list[str]:
     """
     _check_required(project_id, "project_id")
     if len(memory_ids) > MAX_DELETE_IDS:
-        raise InvalidArgument(
-            "memory_ids", f"at most {MAX_DELETE_IDS} ids per call", reason="TOO_MANY", max=str(MAX_DELETE_IDS)
-        )
+        raise InvalidArgument("memory_ids", f"at most {MAX_DELETE_IDS} ids per call", max=str(MAX_DELETE_IDS))
     canonical: dict[str, None] = {}
     for index, raw in enumerate(memory_ids):
         try:
             canonical[str(uuid.UUID(raw))] = None
         except ValueError:
             raise InvalidArgument(
-                "memory_ids", f"{raw!r} is not a memory id (a UUID)", reason="INVALID_UUID", index=str(index)
+                "memory_ids", f"{raw!r} is not a memory id (a UUID)", index=str(index)
             ) from None
     return list(canonical)
 
@@ -170,16 +167,15 @@ def memory_id_for(project_id: str, request_id: uuid.UUID | None) -> str:
 
 def _check_text(text: str, field_path: str, limits: MemoryLimits) -> None:
     if not text or not text.strip():
-        raise InvalidArgument(field_path, "must not be empty", reason="REQUIRED")
+        raise InvalidArgument(field_path, "must not be empty")
     if len(text) > limits.max_text_chars:
         raise InvalidArgument(
             field_path,
             f"is {len(text)} characters; at most {limits.max_text_chars}",
-            reason="TOO_LONG",
             max=str(limits.max_text_chars),
         )
 
 
 def _check_required(value: str, field_path: str) -> None:
     if not value or not value.strip():
-        raise InvalidArgument(field_path, "is required", reason="REQUIRED")
+        raise InvalidArgument(field_path, "is required")
