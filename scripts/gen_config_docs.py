@@ -21,13 +21,12 @@ END = "<!-- end of settings reference -->"
 
 
 def _classes() -> list[tuple[str, Any]]:
+    from hearth.runtime.settings import ServiceSettings
     from memoryd.config import Settings as Memory
     from orchestratord.config import Settings as Orchestrator
     from pool_managerd.config import PoolManagerSettings
     from routerd.config import RouterSettings
     from workerd.config import Settings as Worker
-
-    from hearth.runtime.settings import ServiceSettings
 
     return [
         ("every service", ServiceSettings),
@@ -60,7 +59,11 @@ def reference() -> str:
         if not own:
             continue
         where = "top level of hearth.yaml, or a service's section" if section is None else f"`{section}:`"
-        env = "HEARTH_<NAME> or HEARTH_<SERVICE>_<NAME>" if section is None else f"HEARTH_{section.upper()}_<NAME>"
+        env = (
+            "HEARTH_<NAME> or HEARTH_<SERVICE>_<NAME>"
+            if section is None
+            else f"HEARTH_{section.upper()}_<NAME>"
+        )
         parts += [f"### {process}", "", f"Section: {where}. Environment: `{env}`.", ""]
         parts += ["| setting | flag | default | meaning |", "|---|---|---|---|"]
         for name in own:

@@ -120,6 +120,8 @@ def test_model_level_check_is_reported_without_a_field() -> None:
 def test_configuration_reference_is_fresh() -> None:
     """docs/configuration.md's settings tables are generated from the settings classes."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr

@@ -60,7 +60,7 @@ def run_command(
     """
     session = CliSession.of(ctx)
     project_id = project if project is not None else (DEFAULT_PROJECT if context or store else "")
-    submit_kwargs = {
+    submit_kwargs: dict[str, object] = {
         "model": model,
         "max_tokens": max_tokens,
         "use_memory_context": context,

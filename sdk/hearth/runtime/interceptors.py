@@ -84,13 +84,22 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             if tracer is None:
                 return None, None
             parent = propagate.extract(dict(context.invocation_metadata() or ()))
-            span = tracer.start_span(path, context=parent, kind=SpanKind.SERVER,
-                                     attributes={"rpc.system": "grpc", "rpc.method": method})
+            span = tracer.start_span(
+                path,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.method": method},
+            )
             token = otel_context.attach(trace.set_span_in_context(span, parent))
             return span, token
 
-        def finish(context: grpc.aio.ServicerContext, span: Any, token: Any, started: float,
-                   err: BaseException | None) -> None:
+        def finish(
+            context: grpc.aio.ServicerContext,
+            span: Any,
+            token: Any,
+            started: float,
+            err: BaseException | None,
+        ) -> None:
             status = _status_name(context, err)
             if span is not None:
                 span.set_attribute("rpc.grpc.status_code", status)
@@ -148,7 +157,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def ErrorInterceptor() -> RpcInterceptor:  # noqa: N802 - reads as the class it stands for
+def ErrorInterceptor() -> RpcInterceptor:
     """The error mapping alone (no tracing, no metrics), for tests and tools."""
     return RpcInterceptor()
 
@@ -158,7 +167,10 @@ def _traced_details(details: grpc.aio.ClientCallDetails, span: trace.Span) -> gr
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     metadata = list(details.metadata or ()) + list(carrier.items())
     return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials,
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*metadata),
+        details.credentials,
         details.wait_for_ready,
     )
 
@@ -176,8 +188,9 @@ class _ClientUnary(grpc.aio.UnaryUnaryClientInterceptor):
         name = _method_name(details)
         if not name.startswith(_TRACED_PREFIX):
             return await continuation(details, request)
-        with self._tracer.start_as_current_span(name, kind=SpanKind.CLIENT,
-                                                attributes={"rpc.system": "grpc"}) as span:
+        with self._tracer.start_as_current_span(
+            name, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+        ) as span:
             call = await continuation(_traced_details(details, span), request)
             try:
                 await call

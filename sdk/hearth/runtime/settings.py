@@ -138,7 +138,7 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
     config = Path(known.config) if known.config else None
     bound = type(cls.__name__, (cls,), {"config_file": config, "__module__": cls.__module__})
     try:
-        cli = CliSettingsSource(
+        cli: CliSettingsSource[Any] = CliSettingsSource(
             bound, cli_prog_name=cls.service + "d", cli_kebab_case=True, cli_parse_args=rest
         )
         return bound(_cli_settings_source=cli(args=rest))  # type: ignore[no-any-return]

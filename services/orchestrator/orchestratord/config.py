@@ -32,7 +32,9 @@ class Settings(ServiceSettings):
     max_prompt_chars: int = Field(
         default=200_000, gt=0, description="Longest prompt accepted, in characters."
     )
-    default_max_tokens: int = Field(default=256, gt=0, description="max_tokens of a job that leaves it unset.")
+    default_max_tokens: int = Field(
+        default=256, gt=0, description="max_tokens of a job that leaves it unset."
+    )
     default_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Deadline from submission of a job that sets no timeout."
     )

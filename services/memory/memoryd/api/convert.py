@@ -23,7 +23,8 @@ def kind_from_proto(value: int, field_path: str) -> MemoryKind | None:
     if value == memory_pb2.MEMORY_KIND_UNSPECIFIED:
         return None
     try:
-        return MemoryKind[memory_pb2.MemoryKind.Name(value).removeprefix(_PROTO_PREFIX)]
+        name = memory_pb2.MemoryKind.Name(memory_pb2.MemoryKind.ValueType(value))
+        return MemoryKind[name.removeprefix(_PROTO_PREFIX)]
     except (ValueError, KeyError):
         raise InvalidArgument(field_path, f"unknown memory kind {value}") from None
 
