@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ def step(text: str) -> None:
 
 def hearth(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
     if not quiet:
-        print(f"$ hearth {' '.join(args)}", flush=True)
+        print(f"$ hearth {shlex.join(args)}", flush=True)
     result = subprocess.run([HEARTH, "--data-dir", str(DATA_DIR), *args], text=True, stdout=subprocess.PIPE)
     if not quiet:
         sys.stdout.write(result.stdout)
@@ -85,7 +86,7 @@ def main() -> int:
             "--max-tokens",
             "32",
         ]
-        print(f"$ hearth {' '.join(prompt)}", flush=True)
+        print(f"$ hearth {shlex.join(prompt)}", flush=True)
         if subprocess.run([HEARTH, "--data-dir", str(DATA_DIR), *prompt]).returncode != 0:
             raise SystemExit("demo: `hearth run` failed")
         listed = json.loads(hearth("jobs", "list", "--limit", "1", "--json", quiet=True).stdout)

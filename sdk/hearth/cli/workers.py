@@ -33,8 +33,8 @@ def workers_command(
         # Ids and addresses are copied from here: never cut them; long model lists fold instead.
         for header in ("worker", "address"):
             table.add_column(header, no_wrap=True)
-        table.add_column("engine", overflow="fold")
-        table.add_column("models", overflow="fold")
+        table.add_column("engine", no_wrap=True)
+        table.add_column("models", overflow="fold", min_width=12)
         for header in ("load", "GPU memory", "heartbeat"):
             table.add_column(header, no_wrap=True)
         for worker in workers:
