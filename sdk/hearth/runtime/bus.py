@@ -81,13 +81,23 @@ class NatsBus:
         except Exception as err:
             raise Unavailable(f"NATS publish failed: {err}", reason="BUS_UNAVAILABLE") from err
 
-    async def publish_event(self, subject: str, message: Message) -> None:
-        """Publish to the events JetStream stream (kept, replayable)."""
+    async def publish_event(self, subject: str, message: Message, *, wait_ack: bool = True) -> None:
+        """Publish to the events JetStream stream (kept, replayable).
+
+        With ``wait_ack`` the call returns once the stream has stored the
+        message. Without it the message is sent as a plain publish, which the
+        stream stores all the same but nobody waits for: the right choice for
+        copies of facts whose truth lives elsewhere (job events, whose record
+        is PostgreSQL), as it saves a round trip per event."""
         await self._ensure_stream()
-        headers: dict[str, str] = {}
-        propagate.inject(headers)
         with self._tracer.start_as_current_span(f"publish {subject}", kind=trace.SpanKind.PRODUCER):
-            await self.client.jetstream().publish(subject, message.SerializeToString(), headers=headers)
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+            data = message.SerializeToString()
+            if wait_ack:
+                await self.client.jetstream().publish(subject, data, headers=headers)
+            else:
+                await self.client.publish(subject, data, headers=headers)
 
     async def _ensure_stream(self) -> None:
         if self._stream_ready:

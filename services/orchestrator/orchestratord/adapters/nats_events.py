@@ -108,7 +108,9 @@ class NatsEventPublisher:
                 token = otel_context.attach(context)
                 try:
                     if kept:
-                        await self._bus.publish_event(subject, message)
+                        # The database holds the record; these are copies, so
+                        # no round trip per event waiting for the stream's ack.
+                        await self._bus.publish_event(subject, message, wait_ack=False)
                     else:
                         await self._bus.publish(subject, message)
                 except asyncio.CancelledError:
