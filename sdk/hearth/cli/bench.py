@@ -18,7 +18,7 @@ bench_app = typer.Typer(help="Benchmarks: the stack against the engine alone, as
 def relay(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     samples: Annotated[int, typer.Option(help="Sequential jobs for time to first token.")] = 200,
-    tokens: Annotated[int, typer.Option(help="Tokens per stream for the throughput runs.")] = 64,
+    tokens: Annotated[int, typer.Option(help="Tokens per stream for the throughput runs.")] = 256,
     streams: Annotated[str, typer.Option(help="Comma-separated stream counts.")] = "1,64,512",
     keep_dir: Annotated[Path | None, typer.Option(help="Keep the stacks' data and logs here.")] = None,
 ) -> None:
