@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from hearth.client import AsyncClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,3 +59,15 @@ def stop_stack(stack: Any) -> None:
     stack._test_sink.close()
     if os.environ.get("HEARTH_TEST_KEEP_LOGS"):
         print(f"stack log: {stack.data_dir / 'stack.log'}")
+
+
+def client_for(stack: Any) -> AsyncClient:
+    """An AsyncClient (not yet entered) for every service of a started Stack."""
+    from hearth.client import AsyncClient
+
+    return AsyncClient(
+        orchestrator=stack.addresses["orchestratord"],
+        pool=stack.addresses["pool-managerd"],
+        memory=stack.addresses["memoryd"],
+        router=stack.addresses["routerd"],
+    )

@@ -17,7 +17,7 @@ from hearth import errors
 from hearth.api.orchestrator.v1 import orchestrator_pb2
 from hearth.client import AsyncClient
 from hearth.tracetree import load_job_trace
-from tests.conftest import start_stack, stop_stack
+from tests.conftest import client_for, start_stack, stop_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,12 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
 
 @pytest.fixture
 async def client(stack: Any) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(
-        orchestrator=stack.addresses["orchestratord"],
-        pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"],
-        router=stack.addresses["routerd"],
-    ) as c:
+    async with client_for(stack) as c:
         yield c
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,86 +16,36 @@ from qdrant_client import QdrantClient, models
 
 from hearth.api.memory.v1 import memory_pb2 as pb
 from hearth.api.memory.v1 import memory_pb2_grpc
-from hearth.embedded import free_port, wait_healthy
+from hearth.embedded import free_port
 from hearth.errors import InvalidArgument, from_rpc_error
 from memoryd.adapters.embedders import DEFAULT_MODEL_NAME
 from memoryd.adapters.qdrant_store import collection_name
+from tests.integration.service_process import ServiceProcess, service_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def memoryd_command(data_dir: Path, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "memoryd",
-        "--listen", f"127.0.0.1:{port}",
-        "--data-dir", str(data_dir),
-        "--log-format", "text",
-    ]  # fmt: skip
+def memoryd_args(data_dir: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--log-format", "text"]
 
 
 def memoryd_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-class MemorydProcess:
-    """memoryd as a child process on a free port; its log goes to a file."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.address = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log = data_dir / "memoryd.log"
-
-    def start(self) -> None:
-        port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        with self._log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                memoryd_command(self.data_dir, port), stdout=log, stderr=log, env=memoryd_env()
-            )
-        try:
-            asyncio.run(self._wait_serving())
-        except BaseException:
-            self.stop()
-            print(self._log.read_text()[-5000:])
-            raise
-
-    async def _wait_serving(self) -> None:
-        waiting = asyncio.ensure_future(wait_healthy(self.address, timeout=90))
-        while not waiting.done():
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                waiting.cancel()
-                raise RuntimeError(f"memoryd exited with {self._proc.returncode}")
-            await asyncio.wait([waiting], timeout=0.2)
-        waiting.result()
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait; returns the exit code."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        proc.terminate()
-        try:
-            return proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return None
-
-
 @pytest.fixture(scope="module")
-def memoryd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemorydProcess]:
-    process = MemorydProcess(tmp_path_factory.mktemp("memoryd"))
-    process.start()
-    try:
+def memoryd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    data_dir = tmp_path_factory.mktemp("memoryd")
+    args = memoryd_args(data_dir)
+    process = ServiceProcess(
+        "memoryd", data_dir / "memoryd.log", *args, env=memoryd_env(), healthy_within=90, stop_within=20
+    )
+    with process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
-async def stub(memoryd: MemorydProcess) -> AsyncIterator[memory_pb2_grpc.MemoryServiceStub]:
+async def stub(memoryd: ServiceProcess) -> AsyncIterator[memory_pb2_grpc.MemoryServiceStub]:
     async with grpc.aio.insecure_channel(memoryd.address) as channel:
         yield memory_pb2_grpc.MemoryServiceStub(channel)
 
@@ -214,7 +163,7 @@ async def test_bad_inputs_are_invalid_argument_and_write_nothing(
     assert list(written.results) == []
 
 
-async def test_memories_survive_a_restart(memoryd: MemorydProcess) -> None:
+async def test_memories_survive_a_restart(memoryd: ServiceProcess) -> None:
     home = project()
     async with grpc.aio.insecure_channel(memoryd.address) as channel:
         kept = await store(
@@ -240,7 +189,7 @@ def test_a_collection_of_another_size_stops_memoryd(tmp_path: Path) -> None:
     client.close()
 
     done = subprocess.run(
-        memoryd_command(tmp_path, free_port()),
+        service_command("memoryd", f"127.0.0.1:{free_port()}", *memoryd_args(tmp_path)),
         env=memoryd_env(),
         capture_output=True,
         timeout=110,

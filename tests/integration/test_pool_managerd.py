@@ -4,11 +4,8 @@ the test (standing in for workers), and the PoolService over gRPC."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import grpc
 import nats
@@ -18,9 +15,10 @@ from nats.aio.client import Client
 from hearth.api.events.v1 import events_pb2
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2
-from hearth.embedded import EmbeddedNats, free_port, wait_healthy
+from hearth.embedded import EmbeddedNats
 from hearth.errors import HearthError, from_rpc_error
 from hearth.runtime import subjects
+from tests.integration.service_process import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -38,39 +36,12 @@ def pool_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolManag
     root = tmp_path_factory.mktemp("pool-managerd")
     bus = EmbeddedNats(root / "nats")
     bus.start()
-    address = f"127.0.0.1:{free_port()}"
-    log_path = root / "pool-managerd.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pool_managerd",
-                "--listen",
-                address,
-                "--nats-url",
-                bus.url,
-                "--data-dir",
-                str(root / "data"),
-                "--trace-to-files",
-                "false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    args = ["--nats-url", bus.url, "--data-dir", str(root / "data"), "--trace-to-files", "false"]
     try:
-        asyncio.run(wait_healthy(address, timeout=30))
-        yield PoolManager(address, bus.url)
+        with ServiceProcess("pool_managerd", root / "pool-managerd.log", *args) as service:
+            yield PoolManager(service.address, bus.url)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         bus.stop()
-        # Shown by pytest only when a test failed.
-        print(Path(log_path).read_text()[-4000:])
 
 
 class FakeWorkers:

@@ -13,7 +13,7 @@ from hearth import errors
 from hearth.api.orchestrator.v1 import orchestrator_pb2
 from hearth.client import AsyncClient
 from hearth.embedded import wait_healthy
-from tests.conftest import start_stack, stop_stack
+from tests.conftest import client_for, start_stack, stop_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -39,12 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 async def client(stack: Any) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(
-        orchestrator=stack.addresses["orchestratord"],
-        pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"],
-        router=stack.addresses["routerd"],
-    ) as c:
+    async with client_for(stack) as c:
         yield c
 
 

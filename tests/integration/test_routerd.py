@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
-from hearth.embedded import free_port, wait_healthy
 from hearth.errors import NotFound, from_rpc_error
+from tests.integration.service_process import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -37,38 +33,9 @@ def router_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("routerd")
     config = root / "hearth.yaml"
     config.write_text(CONFIG)
-    address = f"127.0.0.1:{free_port()}"
-    log_path = root / "routerd.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "routerd",
-                "--config",
-                str(config),
-                "--listen",
-                address,
-                "--data-dir",
-                str(root / "data"),
-                "--trace-to-files",
-                "false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        asyncio.run(wait_healthy(address, timeout=30))
-        yield address
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        # Shown by pytest only when a test failed.
-        print(Path(log_path).read_text()[-4000:])
+    args = ["--config", str(config), "--data-dir", str(root / "data"), "--trace-to-files", "false"]
+    with ServiceProcess("routerd", root / "routerd.log", *args) as service:
+        yield service.address
 
 
 @pytest.fixture

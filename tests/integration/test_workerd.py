@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,9 +15,10 @@ from nats.aio.msg import Msg
 
 from hearth.api.events.v1 import events_pb2
 from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
-from hearth.embedded import EmbeddedNats, free_port, wait_healthy
+from hearth.embedded import EmbeddedNats
 from hearth.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from hearth.runtime import subjects
+from tests.integration.service_process import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -28,53 +27,14 @@ SIM_MAX_CONCURRENCY = 4
 HEARTBEAT_INTERVAL = 0.2
 
 
-class WorkerProcess:
-    """``python -m workerd`` on a free port, its log in a file."""
-
-    def __init__(self, data_dir: Path, nats_url: str, *args: str) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir / "workerd.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "workerd",
-                "--listen",
-                self.address,
-                "--nats-url",
-                nats_url,
-                "--data-dir",
-                str(data_dir),
-                "--log-format",
-                "text",
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def healthy(self) -> None:
-        try:
-            await wait_healthy(self.address, timeout=60)
-        except TimeoutError:
-            self.stop()
-            raise AssertionError(f"workerd did not become healthy:\n{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+def worker_process(data_dir: Path, nats_url: str, *args: str) -> ServiceProcess:
+    """``python -m workerd`` on a free port, its log in a file; spawned, not yet healthy."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    common = ["--nats-url", nats_url, "--data-dir", str(data_dir), "--log-format", "text"]
+    log = data_dir / "workerd.log"
+    worker = ServiceProcess("workerd", log, *common, *args, healthy_within=60, stop_within=15)
+    worker.spawn()
+    return worker
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +48,8 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 @pytest.fixture(scope="module")
 def sim_worker(
     nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(
+) -> Iterator[ServiceProcess]:
+    worker = worker_process(
         tmp_path_factory.mktemp("sim-worker"),
         nats_server.url,
         "--engine",
@@ -109,7 +69,7 @@ def sim_worker(
 
 
 @pytest.fixture
-async def stub(sim_worker: WorkerProcess) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+async def stub(sim_worker: ServiceProcess) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     async with grpc.aio.insecure_channel(sim_worker.address) as channel:
         yield worker_pb2_grpc.WorkerServiceStub(channel)
 
@@ -152,7 +112,7 @@ async def read_rest(call: grpc.aio.UnaryStreamCall) -> list[worker_pb2.GenerateR
 
 
 async def test_get_info_describes_the_worker(
-    sim_worker: WorkerProcess, stub: worker_pb2_grpc.WorkerServiceStub
+    sim_worker: ServiceProcess, stub: worker_pb2_grpc.WorkerServiceStub
 ) -> None:
     info = await get_info(stub)
 
@@ -282,7 +242,7 @@ async def test_on_sigterm_it_announces_draining_and_exits_cleanly(
         states.put_nowait(events_pb2.WorkerHeartbeat.FromString(msg.data).worker.state)
 
     await nats_client.subscribe(subjects.worker_heartbeat("leaving-worker"), cb=on_heartbeat)
-    worker = WorkerProcess(tmp_path, nats_server.url, "--engine", "sim", "--worker-id", "leaving-worker")
+    worker = worker_process(tmp_path, nats_server.url, "--engine", "sim", "--worker-id", "leaving-worker")
     try:
         await worker.healthy()
         assert await asyncio.wait_for(states.get(), timeout=5) == worker_pb2.WORKER_STATE_READY
@@ -307,7 +267,7 @@ async def test_transformers_engine_on_the_tiny_model(
         f"models:\n  - name: tiny\n    path: {tiny_model_dir}\n    context_length: 256\n"
         "worker:\n  engine: transformers\n  model: tiny\n  device: cpu\n"
     )
-    worker = WorkerProcess(
+    worker = worker_process(
         tmp_path / "data", nats_server.url, "--config", str(config), "--worker-id", "tiny-1"
     )
     try:
@@ -345,7 +305,7 @@ def test_an_engine_that_cannot_start_exits_non_zero(nats_server: EmbeddedNats, t
     config = tmp_path / "hearth.yaml"
     config.write_text(f"models:\n  - name: broken\n    path: {not_a_model}\nworker:\n  model: broken\n")
 
-    worker = WorkerProcess(tmp_path / "data", nats_server.url, "--config", str(config))
+    worker = worker_process(tmp_path / "data", nats_server.url, "--config", str(config))
     returncode = worker.proc.wait(60)
     worker.stop()
 

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from hearth.api.events.v1 import events_pb2
-from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
+from hearth.api.memory.v1 import memory_pb2
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2
@@ -27,10 +24,9 @@ from hearth.cli.session import CliSession
 from hearth.client import ADDRESS_ENV, AsyncClient
 from hearth.embedded import free_port
 from hearth.errors import NotFound, ResourceExhausted
+from tests.unit.fake_stack import ANSWER, FakeMemory, ServerThread
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
-
-ANSWER = ["Hello", ", ", "world"]
 
 
 class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -114,69 +110,6 @@ class FakePool(pool_pb2_grpc.PoolServiceServicer):
         return pool_pb2.ListWorkersResponse(workers=workers)
 
 
-class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self) -> None:
-        self.memories: list[memory_pb2.Memory] = []
-
-    async def Store(self, request: Any, context: Any) -> memory_pb2.StoreResponse:
-        memory = memory_pb2.Memory()
-        memory.CopyFrom(request.memory)
-        memory.memory_id = f"mem-{len(self.memories) + 1}"
-        self.memories.append(memory)
-        return memory_pb2.StoreResponse(memory=memory)
-
-    async def Query(self, request: Any, context: Any) -> memory_pb2.QueryResponse:
-        found = [m for m in self.memories if m.project_id == request.project_id]
-        return memory_pb2.QueryResponse(
-            results=[memory_pb2.ScoredMemory(memory=m, score=0.875) for m in found]
-        )
-
-
-class ServerThread:
-    """The fakes in one grpc.aio server on its own loop and thread: the CLI
-    runs its own asyncio.run in the test's thread."""
-
-    def __init__(self) -> None:
-        self.orchestrator = FakeOrchestrator()
-        self.memory = FakeMemory()  # type: ignore[abstract]
-        self.address = ""
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
-
-    async def _serve(self) -> None:
-        from hearth.runtime.interceptors import ErrorInterceptor
-
-        self._stop = asyncio.Event()
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.orchestrator, server)
-        pool_pb2_grpc.add_PoolServiceServicer_to_server(FakePool(), server)  # type: ignore[abstract]
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server(self.memory, server)
-        checker = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.address = f"127.0.0.1:{port}"
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.stop(None)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(10), "the fake server did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        self._loop.close()
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in (*ADDRESS_ENV.values(), "HEARTH_DATA_DIR"):
@@ -185,7 +118,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def server() -> Iterator[ServerThread]:
-    with ServerThread() as running:
+    fakes = FakeOrchestrator(), FakePool(), FakeMemory(id_prefix="mem-", score=0.875)  # type: ignore[abstract]
+    with ServerThread(*fakes) as running:
         yield running
 
 

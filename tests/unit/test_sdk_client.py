@@ -3,30 +3,25 @@ error mapping, retries, resumable watch, run streams, the blocking client."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import hearth
 from hearth.api.events.v1 import events_pb2
-from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
+from hearth.api.memory.v1 import memory_pb2
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2
 from hearth.client import AsyncClient, Client
 from hearth.embedded import free_port
 from hearth.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from hearth.runtime.interceptors import ErrorInterceptor
+from tests.unit.fake_stack import ANSWER, FakeMemory, ServerThread
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
-
-ANSWER = ["Hello", ", ", "world"]
 
 
 def script(job_id: str) -> list[events_pb2.JobEvent]:
@@ -137,73 +132,10 @@ class FakePool(pool_pb2_grpc.PoolServiceServicer):
         )
 
 
-class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
-    def __init__(self) -> None:
-        self.requests: list[memory_pb2.StoreRequest] = []
-        self.memories: list[memory_pb2.Memory] = []
-
-    async def Store(self, request: Any, context: Any) -> memory_pb2.StoreResponse:
-        self.requests.append(request)
-        memory = memory_pb2.Memory()
-        memory.CopyFrom(request.memory)
-        memory.memory_id = f"m{len(self.requests)}"
-        self.memories.append(memory)
-        return memory_pb2.StoreResponse(memory=memory)
-
-    async def Query(self, request: Any, context: Any) -> memory_pb2.QueryResponse:
-        found = [m for m in self.memories if m.project_id == request.project_id]
-        return memory_pb2.QueryResponse(
-            results=[memory_pb2.ScoredMemory(memory=m, score=0.5) for m in found[: request.top_k]]
-        )
-
-
-class ServerThread:
-    """A grpc.aio server with the runtime's ErrorInterceptor and health, on its
-    own event loop in a thread, so that both clients (async and blocking) can call it."""
-
-    def __init__(self) -> None:
-        self.orchestrator = FakeOrchestrator()
-        self.pool = FakePool()  # type: ignore[abstract]
-        self.memory = FakeMemory()  # type: ignore[abstract]
-        self.address = ""
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.orchestrator, server)
-        pool_pb2_grpc.add_PoolServiceServicer_to_server(self.pool, server)
-        memory_pb2_grpc.add_MemoryServiceServicer_to_server(self.memory, server)
-        checker = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.address = f"127.0.0.1:{port}"
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.stop(None)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(10), "the fake server did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        self._loop.close()
-
-
 @pytest.fixture
 def server() -> Iterator[ServerThread]:
-    with ServerThread() as running:
+    fakes = FakeOrchestrator(), FakePool(), FakeMemory(id_prefix="m", score=0.5)  # type: ignore[abstract]
+    with ServerThread(*fakes) as running:
         yield running
 
 
