@@ -105,34 +105,24 @@ class JobService:
         spec, request_id = submission.spec, submission.request_id
         job_id = str(uuid.uuid4())
         prompt_chars = len(spec.prompt) + (self._context_budget if spec.use_memory_context else 0)
-        # A job that names its model will almost always run on it: placing it
-        # while the router decides takes one more round trip off the time to
-        # first token. A placement the decision does not use is given back.
-        placing = self._place_early(job_id, spec.model, spec.timeout_seconds) if spec.model else None
-        try:
-            route = await self._router.route(
-                RouteFacts(
-                    job_id, spec.model, spec.role, estimate_prompt_tokens(prompt_chars), spec.max_tokens
-                )
+        route = await self._router.route(
+            RouteFacts(job_id, spec.model, spec.role, estimate_prompt_tokens(prompt_chars), spec.max_tokens)
+        )
+        queue = self._active.queue
+        if not queue.reserve():
+            raise ResourceExhausted(
+                f"the job queue is full ({queue.capacity} jobs); retry later",
+                reason="QUEUE_FULL",
+                metadata={"max_queued": str(queue.capacity)},
+                retry_after=1.0,
             )
-            if placing is None or route.chain[0] != spec.model:
-                self._give_back(placing)
-                placing = self._place_early(job_id, route.chain[0], spec.timeout_seconds)
-            queue = self._active.queue
-            if not queue.reserve():
-                raise ResourceExhausted(
-                    f"the job queue is full ({queue.capacity} jobs); retry later",
-                    reason="QUEUE_FULL",
-                    metadata={"max_queued": str(queue.capacity)},
-                    retry_after=1.0,
-                )
-        except BaseException:
-            self._give_back(placing)
-            raise
         now = self._clock()
         queued = JobEvent(job_id, 1, now, Queued(queue.depth(spec.priority)))
         context = otel_context.get_current()
         job = ActiveJob(job_id, spec, route, now, [queued], request_id=request_id, trace_context=context)
+        placing = None
+        if self._dispatcher is not None:
+            placing = self._dispatcher.place_early(job_id, route.chain[0], spec.timeout_seconds)
         # Shielded: a client that goes away mid-insert must not leave a job
         # persisted but never queued; the task finishes the admission anyway.
         admission = asyncio.create_task(self._persist_and_admit(job, placing))
@@ -140,15 +130,6 @@ class JobService:
         # The SubmitJob span is the root of the job's trace: make it findable.
         trace.get_current_span().set_attribute(JOB_ID_ATTRIBUTE, result.job.job_id)
         return result
-
-    def _place_early(self, job_id: str, model: str, time_limit: float) -> asyncio.Task[Any] | None:
-        if self._dispatcher is None:
-            return None
-        return self._dispatcher.place_early(job_id, model, time_limit)
-
-    def _give_back(self, placing: asyncio.Task[Any] | None) -> None:
-        if placing is not None and self._dispatcher is not None:
-            self._dispatcher.give_back(placing)
 
     async def _persist_and_admit(self, job: ActiveJob, placing: asyncio.Task[Any] | None) -> SubmitResult:
         """Insert the job (one transaction: row and queued event), then queue
