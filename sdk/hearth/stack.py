@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import yaml
 
 from hearth.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from hearth.runtime.settings import read_config_file
 
 log = logging.getLogger(__name__)
 
@@ -334,18 +335,8 @@ def _pretty(line: str) -> str:
 
 
 def load_config_file(path: Path | None) -> dict[str, Any]:
-    """Read a hearth.yaml into a mapping, with a clear message on error."""
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise SystemExit(f"hearth: cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise SystemExit(f"hearth: {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"hearth: {path} must hold a mapping")
-    return data
+    """Read a hearth.yaml into a mapping (empty when there is none)."""
+    return {} if path is None else read_config_file(path)
 
 
 def run_until_signal(stack: Stack, on_ready: Callable[[], None] | None = None) -> int:

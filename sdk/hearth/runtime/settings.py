@@ -93,7 +93,7 @@ class ServiceSettings(BaseSettings):
             EnvSettingsSource(settings_cls, env_prefix="HEARTH_"),
         ]
         if cls.config_file is not None:
-            data = _read_yaml(cls.config_file)
+            data = read_config_file(cls.config_file)
             sources.append(_DictSource(settings_cls, data.get(cls.service) or {}))
             sources.append(
                 _DictSource(settings_cls, {k: v for k, v in data.items() if not isinstance(v, dict)})
@@ -113,7 +113,9 @@ class _DictSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A hearth.yaml as a mapping; exits with a clear message when it cannot
+    be read or is not a YAML mapping."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as err:
