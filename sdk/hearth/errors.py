@@ -9,6 +9,7 @@ turns the status back into the same class by (code, reason) with
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 import grpc
@@ -56,7 +57,7 @@ class HearthError(Exception):
         details = [_pack(info)]
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
-            delay.FromTimedelta(_timedelta(self.retry_after))
+            delay.FromTimedelta(timedelta(seconds=self.retry_after))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
@@ -167,12 +168,12 @@ def from_rpc_error(error: grpc.RpcError) -> HearthError:
     err: HearthError
     if cls is InvalidArgument:
         err = HearthError.__new__(InvalidArgument)
-        HearthError.__init__(err, message or "", reason=reason, metadata=metadata)
+        # Not through InvalidArgument.__init__: the message on the wire
+        # already starts with the field.
+        HearthError.__init__(err, message or "", reason=reason, metadata=metadata, retry_after=retry_after)
         err.field = metadata.get("field", "")  # type: ignore[attr-defined]
     else:
         err = cls(message or "", reason=reason, metadata=metadata, retry_after=retry_after)
-    err.retry_after = retry_after
-    err.code_value = code  # type: ignore[attr-defined]
     return err
 
 
@@ -187,12 +188,6 @@ def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
-
-
-def _timedelta(seconds: float):
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
 
 
 __all__ = [
