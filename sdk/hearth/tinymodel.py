@@ -64,6 +64,12 @@ warning, started, finished, queued, running, aborted, length and stop.
 """
 
 
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def build_tiny_llama(dest: Path, *, seed: int = 0, context_length: int = 2048) -> Path:
     """Build a random tiny Llama and its tokenizer in ``dest``; return ``dest``.
 
@@ -154,7 +160,7 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
     raw.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, raw.token_to_id(bos))]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token=bos,
         eos_token=eos,
@@ -162,6 +168,10 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
         pad_token=pad,
         model_max_length=1_000_000,
     )
+    # A small chat template, so conversations take the same path as with a
+    # real instruction-tuned model.
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
 
 
 def _notice(context_length: int) -> str:

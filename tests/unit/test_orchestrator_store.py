@@ -75,7 +75,7 @@ async def insert(store: PostgresJobStore, job: ActiveJob) -> bool:
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert await upgrade_database(engine) == head_revision() == "0001"
+    assert await upgrade_database(engine) == head_revision() == "0002"
     async with engine.connect() as conn:
         tables = set(
             (

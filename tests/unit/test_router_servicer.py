@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hearth.api.router.v1 import router_pb2
-from hearth.errors import InvalidArgument, NotFound
-from hearth.runtime import JOB_ID_ATTRIBUTE, ServiceMetrics
+from hearth.errors import FailedPrecondition, InvalidArgument, NotFound
+from hearth.runtime import JOB_ID_ATTRIBUTE, ModelConfig, ServiceMetrics
+from routerd.adapters.conformance_file import ConformanceFile
 from routerd.api.servicer import RouterServicer
+from routerd.domain.conformance import CHECK_NAMES
 from routerd.domain.routing import CatalogModel, ModelCatalog
 
 pytestmark = pytest.mark.unit
@@ -30,11 +34,24 @@ def metrics() -> ServiceMetrics:
     return ServiceMetrics("router")
 
 
-@pytest.fixture
-def servicer(spans: InMemorySpanExporter, metrics: ServiceMetrics) -> RouterServicer:
+def make_servicer(
+    conformance: Path, spans: InMemorySpanExporter | None = None, metrics: ServiceMetrics | None = None
+) -> RouterServicer:
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    return RouterServicer(CATALOG, tracer=provider.get_tracer("test"), metrics=metrics)
+    provider.add_span_processor(SimpleSpanProcessor(spans or InMemorySpanExporter()))
+    return RouterServicer(
+        CATALOG,
+        registry=[ModelConfig(name="small", engine="sim"), ModelConfig(name="coder", engine="openai")],
+        conformance=ConformanceFile(conformance),
+        tracer=provider.get_tracer("test"),
+        metrics=metrics or ServiceMetrics("router"),
+        clock=lambda: 1_700_000_000.0,
+    )
+
+
+@pytest.fixture
+def servicer(tmp_path: Path, spans: InMemorySpanExporter, metrics: ServiceMetrics) -> RouterServicer:
+    return make_servicer(tmp_path / "conformance.json", spans, metrics)
 
 
 async def test_route_answers_the_chain_and_the_report(
@@ -72,3 +89,51 @@ async def test_negative_token_counts_are_invalid(servicer: RouterServicer, field
     with pytest.raises(InvalidArgument) as bad:
         await servicer.Route(router_pb2.RouteRequest(job_id="j", **{field: -1}), None)
     assert bad.value.field == field
+
+
+def checks(*failing: str) -> list[router_pb2.ConformanceCheck]:
+    return [router_pb2.ConformanceCheck(name=n, passed=n not in failing, detail="seen") for n in CHECK_NAMES]
+
+
+async def test_a_tools_job_waits_for_a_passed_probe_and_the_result_survives_a_restart(tmp_path: Path) -> None:
+    servicer = make_servicer(tmp_path / "router" / "conformance.json")
+    tools_job = router_pb2.RouteRequest(job_id="j", role="coder", max_tokens=10, needs_tools=True)
+    with pytest.raises(FailedPrecondition) as refused:
+        await servicer.Route(tools_job, None)
+    assert refused.value.reason == "NO_TOOL_CAPABLE_TARGET"
+
+    failed = await servicer.RecordConformance(
+        router_pb2.RecordConformanceRequest(target="coder", checks=checks("ARGUMENTS_PARSE")), None
+    )
+    assert not failed.target.conformance.passed
+    passed = await servicer.RecordConformance(
+        router_pb2.RecordConformanceRequest(target="small", checks=checks()), None
+    )
+    assert passed.target.conformance.passed and passed.target.engine == ""
+
+    reply = await make_servicer(tmp_path / "router" / "conformance.json").Route(tools_job, None)
+    assert list(reply.chain) == ["small"]
+    assert [(c.target, c.reason) for c in reply.report.candidates] == [
+        ("coder", "TOOLS_NOT_CONFORMANT"),
+        ("small", "ROLE_DEFAULT"),
+    ]
+    assert reply.report.policy_version != CATALOG.version  # the results are part of the policy
+    listed = await make_servicer(tmp_path / "router" / "conformance.json").ListTargets(
+        router_pb2.ListTargetsRequest(), None
+    )
+    assert [(t.name, t.conformance.passed, len(t.conformance.checks)) for t in listed.targets] == [
+        ("small", True, 4),
+        ("coder", False, 4),
+    ]
+
+
+async def test_a_probe_result_must_carry_every_check_for_a_known_target(servicer: RouterServicer) -> None:
+    with pytest.raises(NotFound):
+        await servicer.RecordConformance(
+            router_pb2.RecordConformanceRequest(target="x", checks=checks()), None
+        )
+    with pytest.raises(InvalidArgument) as bad:
+        await servicer.RecordConformance(
+            router_pb2.RecordConformanceRequest(target="small", checks=checks()[:2]), None
+        )
+    assert bad.value.field == "checks"

@@ -55,4 +55,33 @@ def test_an_unknown_engine_is_refused() -> None:
     with pytest.raises(SystemExit) as caught:
         load_settings(Settings, ["--engine", "tpu"])
 
-    assert "worker.engine 'tpu' is not one of: transformers, sim" in str(caught.value)
+    assert "worker.engine 'tpu' is not one of: transformers, vllm, openai, anthropic, cli, sim" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("engine", "entry", "problem"),
+    [
+        ("openai", "name: m", "has no base_url"),
+        ("cli", "name: m", "has no command"),
+        ("vllm", "name: m", "has neither path nor upstream_model"),
+    ],
+)
+def test_each_engine_names_what_its_models_entry_lacks(
+    tmp_path: Path, engine: str, entry: str, problem: str
+) -> None:
+    config = write_config(tmp_path, f"models:\n  - {entry}\n")
+
+    with pytest.raises(SystemExit) as caught:
+        load_settings(Settings, ["--config", config, "--engine", engine, "--model", "m"])
+
+    assert f"models entry 'm': {problem}" in str(caught.value)
+
+
+def test_remote_engines_get_their_own_default_concurrency(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "models:\n  - name: m\n    engine: openai\n    base_url: http://127.0.0.1:9/v1\n"
+    )
+
+    settings = load_settings(Settings, ["--config", config, "--engine", "openai", "--model", "m"])
+
+    assert settings.max_concurrency == 64

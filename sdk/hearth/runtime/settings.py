@@ -15,10 +15,12 @@ every bad field.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -38,7 +40,69 @@ class ModelConfig(BaseModel):
     path: str = Field(default="", description="Local folder of the weights (transformers engine).")
     context_length: int = Field(default=2048, gt=0, description="Prompt plus completion, in tokens.")
     roles: list[str] = Field(default_factory=list, description="Roles this model is the default for.")
-    engine: str = Field(default="transformers", description="The engine kind that serves it.")
+    engine: str = Field(
+        default="transformers",
+        description="The engine kind that serves it: transformers, vllm, openai, anthropic, cli or sim.",
+    )
+    base_url: str = Field(
+        default="", description="openai/anthropic: the upstream API's base URL (e.g. http://host:8000/v1)."
+    )
+    upstream_model: str = Field(
+        default="", description="openai/anthropic/vllm: the model's name at the upstream; defaults to name."
+    )
+    api_key_env: str = Field(
+        default="", description="openai/anthropic: the environment variable holding the API key."
+    )
+    api_key_file: str = Field(
+        default="", description="openai/anthropic: a file holding the API key (read at start, never logged)."
+    )
+    remote: bool | None = Field(
+        default=None,
+        description="Whether the model runs off this machine (a cloud API). Unset: true for anthropic, "
+        "and for openai when base_url's host is not a loopback or private address.",
+    )
+    supports_tools: bool = Field(
+        default=False, description="The model can make tool calls (the conformance probe checks it)."
+    )
+    tool_call_parser: str = Field(
+        default="", description="vllm: --tool-call-parser (e.g. hermes, llama3_json)."
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        description="cli: the command line; the argument {prompt} is replaced by the prompt "
+        "(otherwise the prompt goes to stdin).",
+    )
+    timeout_seconds: float = Field(
+        default=600.0, gt=0, description="openai/anthropic/cli: longest a single generation may take."
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="openai/anthropic: retries on 429 and 5xx before the first token."
+    )
+    vram_mib: int = Field(
+        default=0, ge=0, description="GPU memory the model needs, in MiB; 0 estimates it from its files."
+    )
+
+    def is_remote(self) -> bool:
+        """Whether the model runs off this machine (see ``remote``)."""
+        if self.remote is not None:
+            return self.remote
+        if self.engine == "anthropic":
+            return True
+        if self.engine == "openai":
+            return not _is_local_url(self.base_url)
+        return False
+
+
+def _is_local_url(url: str) -> bool:
+    """Loopback, private and single-label hosts are this machine or its LAN."""
+    host = urlsplit(url).hostname or ""
+    if host in ("localhost", "") or host.endswith(".local") or ("." not in host and ":" not in host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 class ServiceSettings(BaseSettings):

@@ -7,6 +7,7 @@ import logging
 
 from hearth.api.router.v1 import router_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, serve
+from routerd.adapters.conformance_file import ConformanceFile
 from routerd.api.servicer import RouterServicer
 from routerd.config import RouterSettings
 
@@ -25,7 +26,13 @@ async def run(settings: RouterSettings) -> None:
         catalog.version,
         catalog.default_role,
     )
-    servicer = RouterServicer(catalog, tracer=host.telemetry.tracer, metrics=host.metrics)
+    servicer = RouterServicer(
+        catalog,
+        registry=settings.models,
+        conformance=ConformanceFile(settings.data_dir / "router" / "conformance.json"),
+        tracer=host.telemetry.tracer,
+        metrics=host.metrics,
+    )
     host.add_service(
         router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, "hearth.api.router.v1.RouterService"
     )

@@ -16,41 +16,15 @@ import os
 from hearth.api.worker.v1 import worker_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, serve
 from workerd.adapters.cancel_listener import CancelListener
+from workerd.adapters.engines.factory import build_engine
 from workerd.adapters.gpu import NvmlGpuProbe
 from workerd.adapters.heartbeat import Heartbeater
 from workerd.adapters.metrics import WorkerMetrics
 from workerd.api.servicer import WorkerServicer
 from workerd.config import Settings
-from workerd.domain.engine import Engine, ServedModel
 from workerd.domain.worker_status import WorkerStatus
 
 log = logging.getLogger(__name__)
-
-
-def build_engine(settings: Settings) -> Engine:
-    """The configured engine, not started. Engines import their heavy
-    libraries (torch) only when chosen."""
-    if settings.engine == "sim":
-        from workerd.adapters.engines.sim_engine import SimEngine
-
-        return SimEngine(
-            settings.model,
-            context_length=settings.sim_context_length,
-            prefill_seconds_per_token=settings.sim_prefill_seconds_per_token,
-            decode_seconds_per_step=settings.sim_decode_seconds_per_step,
-            max_batch=settings.sim_max_batch,
-        )
-    entry = settings.model_config_entry()
-    if entry is None:  # settings validation guarantees it; this keeps the types honest
-        raise SystemExit(f"workerd: model {settings.model!r} is not in models")
-    from workerd.adapters.engines.transformers_engine import TransformersEngine
-
-    return TransformersEngine(
-        ServedModel(entry.name, entry.context_length),
-        entry.path,
-        device=settings.device,
-        cpu_threads=settings.cpu_threads,
-    )
 
 
 async def run(settings: Settings) -> None:
@@ -58,10 +32,10 @@ async def run(settings: Settings) -> None:
     host = ServiceHost("workerd", settings)
     if host.bus is None:  # pragma: no cover - the host always has a bus here
         raise SystemExit("workerd: needs NATS")
-    engine = build_engine(settings)
-    status = WorkerStatus(settings.worker_id, settings.max_concurrency)
     gpu = NvmlGpuProbe(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     gpu.open()
+    engine = build_engine(settings, settings.model, read_gpu=gpu.read)
+    status = WorkerStatus(settings.worker_id, settings.max_concurrency)
     servicer = WorkerServicer(
         engine,
         status,

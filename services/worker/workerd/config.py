@@ -11,11 +11,12 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from hearth.runtime import ModelConfig, ServiceSettings
 
-ENGINES = ("transformers", "sim")
+ENGINES = ("transformers", "vllm", "openai", "anthropic", "cli", "sim")
 
 #: The sim engine's model name when none is configured.
 DEFAULT_SIM_MODEL = "sim"
-_DEFAULT_TRANSFORMERS_CONCURRENCY = 8
+#: Most generations at once when max_concurrency is 0, by engine (sim: 2 x sim_max_batch).
+DEFAULT_CONCURRENCY = {"transformers": 8, "vllm": 256, "openai": 64, "anthropic": 64, "cli": 1}
 
 
 def _default_worker_id() -> str:
@@ -35,12 +36,16 @@ class Settings(ServiceSettings):
         default_factory=_default_worker_id,
         description="Stable id of this worker in heartbeats and the pool; defaults to <hostname>-<pid>.",
     )
-    engine: str = Field(default="transformers", description="The engine: transformers or sim (a simulator).")
+    engine: str = Field(
+        default="transformers",
+        description="The engine: transformers, vllm, openai, anthropic, cli, or sim (a simulator).",
+    )
     model: str = Field(
         default="",
         description=(
-            "The model to serve. transformers: a name in the shared `models` list (its path and "
-            f"context_length are used). sim: any name (default {DEFAULT_SIM_MODEL!r})."
+            "The model to serve: a name in the shared `models` list, whose entry gives its path "
+            "(transformers, vllm), base_url and key (openai, anthropic) or command (cli). "
+            f"sim: any name (default {DEFAULT_SIM_MODEL!r})."
         ),
     )
     device: str = Field(
@@ -69,11 +74,31 @@ class Settings(ServiceSettings):
     sim_context_length: int = Field(
         default=8192, ge=1, description="sim: context length of the simulated model."
     )
+    vllm_command: list[str] = Field(
+        default_factory=lambda: ["vllm", "serve"],
+        description="vllm: the command that starts the server (the model and flags are appended).",
+    )
+    vllm_extra_args: list[str] = Field(
+        default_factory=list, description="vllm: more arguments for `vllm serve` (e.g. --quantization awq)."
+    )
+    vllm_load_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="vllm: how long the server may take to become healthy."
+    )
+    vllm_reserve_mib: int = Field(
+        default=0,
+        ge=0,
+        description="vllm: GPU memory to leave free for others on the card (a TEI, a display), in MiB; "
+        "--gpu-memory-utilization is derived from the free memory minus this.",
+    )
+    vllm_restart_max: int = Field(
+        default=5, ge=0, description="vllm: restarts of a crashed server before the worker gives up."
+    )
     max_concurrency: int = Field(
         default=0,
         ge=0,
         description=(
-            "Most generations at once (more: WORKER_BUSY). 0: 8 for transformers, 2 x sim_max_batch for sim."
+            "Most generations at once (more: WORKER_BUSY). 0: 8 for transformers, 256 for vllm, 64 for "
+            "openai and anthropic, 1 for cli, 2 x sim_max_batch for sim."
         ),
     )
 
@@ -91,20 +116,17 @@ class Settings(ServiceSettings):
         models: list[ModelConfig] = info.data.get("models") or []
         if engine == "sim":
             return value or DEFAULT_SIM_MODEL
-        if engine != "transformers":
+        if engine not in ENGINES:
             return value  # the engine's own error is reported
         names = ", ".join(m.name for m in models)
         if not value:
-            raise ValueError(f"worker.model is required for the transformers engine; models: ({names})")
+            raise ValueError(f"worker.model is required for the {engine} engine; models: ({names})")
         entry = next((m for m in models if m.name == value), None)
         if entry is None:
             raise ValueError(f"worker.model {value!r} is not in models: ({names})")
-        if not entry.path:
-            raise ValueError(
-                f"models entry {value!r} has no path (the transformers engine loads from a folder)"
-            )
-        if not Path(entry.path).expanduser().is_dir():
-            raise ValueError(f"models entry {value!r}: path {entry.path!r} is not a folder")
+        problem = _entry_problem(engine, entry)
+        if problem:
+            raise ValueError(f"models entry {value!r}: {problem}")
         return value
 
     @field_validator("max_concurrency")
@@ -112,10 +134,30 @@ class Settings(ServiceSettings):
     def _engine_default_concurrency(cls, value: int, info: ValidationInfo) -> int:
         if value:
             return value
-        if info.data.get("engine") == "sim":
+        engine = info.data.get("engine") or "transformers"
+        if engine == "sim":
             return 2 * int(info.data.get("sim_max_batch") or 1)
-        return _DEFAULT_TRANSFORMERS_CONCURRENCY
+        return DEFAULT_CONCURRENCY.get(engine, 8)
 
     def model_config_entry(self) -> ModelConfig | None:
         """The `models` entry of the served model, if it has one."""
         return next((m for m in self.models if m.name == self.model), None)
+
+
+def _entry_problem(engine: str, entry: ModelConfig) -> str:
+    """What keeps ``engine`` from serving the models entry; empty when nothing."""
+    if engine == "transformers":
+        if not entry.path:
+            return "has no path (the transformers engine loads from a folder)"
+        if not Path(entry.path).expanduser().is_dir():
+            return f"path {entry.path!r} is not a folder"
+    elif engine == "vllm":
+        if not entry.path and not entry.upstream_model:
+            return "has neither path nor upstream_model (what `vllm serve` should load)"
+    elif engine == "openai":
+        if not entry.base_url:
+            return "has no base_url (the OpenAI-compatible upstream)"
+    elif engine == "cli":
+        if not entry.command:
+            return "has no command (the command line of the agent)"
+    return ""

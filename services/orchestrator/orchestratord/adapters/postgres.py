@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID, aggregate_ord
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hearth.chat import ToolCall
 from orchestratord.adapters.schema import job_events, jobs, runs
 from orchestratord.domain.jobs import (
     Failed,
@@ -69,6 +70,7 @@ _JOB_COLUMNS = (
     jobs.c.started_at,
     jobs.c.ended_at,
     jobs.c.last_sequence,
+    jobs.c.tool_calls,
     runs.c.job_id.label("run_job_id"),
     runs.c.queue_wait_seconds,
     runs.c.time_to_first_token_seconds,
@@ -81,6 +83,7 @@ _JOB_COLUMNS = (
     runs.c.engine,
     runs.c.trace_id,
     runs.c.context_memory_ids,
+    runs.c.finish_reason,
 )
 
 
@@ -103,6 +106,7 @@ def _snapshot(row: Row[Any]) -> JobSnapshot:
             engine=row.engine,
             trace_id=row.trace_id,
             context_memory_ids=tuple(row.context_memory_ids or ()),
+            finish_reason=row.finish_reason,
         )
     return JobSnapshot(
         job_id=row.id,
@@ -118,6 +122,7 @@ def _snapshot(row: Row[Any]) -> JobSnapshot:
         run=run,
         route=RouteDecision(tuple(row.route_chain), row.routing_report),
         last_sequence=row.last_sequence,
+        tool_calls=tuple(ToolCall.from_json(c) for c in row.tool_calls or ()),
     )
 
 
@@ -149,6 +154,7 @@ def _run_row(job_id: str, run: RunRecord) -> dict[str, Any]:
         "engine": run.engine,
         "trace_id": run.trace_id,
         "context_memory_ids": list(run.context_memory_ids),
+        "finish_reason": run.finish_reason,
     }
 
 
@@ -213,6 +219,7 @@ _MARK_ENDED = (
         started_at=bindparam("b_started_at"),
         ended_at=bindparam("b_ended_at"),
         last_sequence=bindparam("b_last_sequence"),
+        tool_calls=bindparam("b_tool_calls"),
     )
 )
 
@@ -313,6 +320,7 @@ class PostgresJobStore:
                             "b_started_at": None if end.started_at is None else _ts(end.started_at),
                             "b_ended_at": _ts(end.ended_at),
                             "b_last_sequence": end.event.sequence,
+                            "b_tool_calls": [c.to_json() for c in end.tool_calls],
                         }
                         for end in ends
                     ],
@@ -366,6 +374,7 @@ class PostgresJobStore:
                             "b_started_at": None,
                             "b_ended_at": ended_at,
                             "b_last_sequence": last + 1,
+                            "b_tool_calls": [],
                         }
                     )
                 await conn.execute(_INSERT_EVENTS, [_event_row(event) for event in failed])

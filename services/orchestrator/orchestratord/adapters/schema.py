@@ -1,5 +1,5 @@
-"""The orchestrator's tables, as SQLAlchemy Core. Migration 0001 creates
-exactly these; a change here needs a new migration."""
+"""The orchestrator's tables, as SQLAlchemy Core. The migrations (0001, then
+0002) create exactly these; a change here needs a new migration."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ jobs = Table(
     Column("started_at", TIMESTAMP(timezone=True), nullable=True),
     Column("ended_at", TIMESTAMP(timezone=True), nullable=True),
     Column("last_sequence", BigInteger, nullable=False, server_default=text("0")),
+    # The tool calls of a completed job ([{id, name, arguments}]).
+    Column("tool_calls", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Index("jobs_request_id_key", "request_id", unique=True),
     Index("jobs_state_created_at_idx", "state", "created_at"),
     Index("jobs_created_at_idx", text("created_at DESC")),
@@ -72,4 +74,5 @@ runs = Table(
     Column("engine", Text, nullable=False),
     Column("trace_id", Text, nullable=False),
     Column("context_memory_ids", JSONB, nullable=False),
+    Column("finish_reason", Text, nullable=False, server_default=""),
 )

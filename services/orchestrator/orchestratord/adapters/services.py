@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import json_format
 from opentelemetry import propagate
 
+from hearth import chat
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
@@ -55,6 +56,7 @@ class GrpcRouter:
             role=facts.role,
             prompt_tokens=facts.prompt_tokens,
             max_tokens=facts.max_tokens,
+            needs_tools=facts.needs_tools,
         )
         try:
             reply = await self._stub.Route(request, timeout=_ROUTE_TIMEOUT)
@@ -94,9 +96,25 @@ _FINISH_REASONS = {
     worker_pb2.FINISH_REASON_STOP: "STOP",
     worker_pb2.FINISH_REASON_LENGTH: "LENGTH",
     worker_pb2.FINISH_REASON_ABORTED: "ABORTED",
+    worker_pb2.FINISH_REASON_TOOL_CALLS: "TOOL_CALLS",
 }
 # Worker reasons a job keeps as its own end reason; anything else is ENGINE_ERROR.
-_KEPT_REASONS = frozenset({"CONTEXT_TOO_LONG", "MODEL_NOT_FOUND"})
+_KEPT_REASONS = frozenset(
+    {
+        "CONTEXT_TOO_LONG",
+        "MODEL_NOT_FOUND",
+        "MODEL_NOT_LOADED",
+        "TOOLS_NOT_SUPPORTED",
+        "ENGINE_RESTARTING",
+        "UPSTREAM_RATE_LIMITED",
+        "UPSTREAM_AUTH_FAILED",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_OVERLOADED",
+        "UPSTREAM_TIMEOUT",
+        "CLI_EXIT_NONZERO",
+        "CLI_TIMEOUT",
+    }
+)
 # Codes meaning the worker (or the connection to it) went away.
 _LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 
@@ -154,6 +172,9 @@ class GrpcWorkers:
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
                 seed=request.seed,
+                messages=[chat.message_to_proto(m) for m in request.messages],
+                tools=[chat.tool_to_proto(t) for t in request.tools],
+                tool_choice=request.tool_choice,
             ),
             timeout=time_limit,
             metadata=_trace_metadata(),
@@ -167,13 +188,20 @@ class GrpcWorkers:
                 which = message.WhichOneof("event")
                 if which == "tokens":
                     chunk = message.tokens
-                    yield TokenChunk(chunk.text, chunk.token_count)
+                    if chunk.tool_calls:
+                        pieces = tuple(chat.delta_from_proto(d) for d in chunk.tool_calls)
+                        yield TokenChunk(chunk.text, chunk.token_count, pieces)
+                    else:
+                        yield TokenChunk(chunk.text, chunk.token_count)
                 elif which == "started":
                     yield GenerationStarted(message.started.input_tokens)
                 elif which == "finished":
                     done = message.finished
                     yield GenerationFinished(
-                        _FINISH_REASONS.get(done.finish_reason, "STOP"), done.input_tokens, done.output_tokens
+                        _FINISH_REASONS.get(done.finish_reason, "STOP"),
+                        done.input_tokens,
+                        done.output_tokens,
+                        tuple(chat.tool_call_from_proto(c) for c in done.tool_calls),
                     )
         except grpc.aio.AioRpcError as err:
             raise worker_error(err) from None

@@ -6,6 +6,7 @@ import math
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
+from hearth import chat
 from hearth.api.events.v1 import events_pb2
 from hearth.api.orchestrator.v1 import orchestrator_pb2 as pb
 from hearth.errors import InvalidArgument
@@ -22,6 +23,7 @@ from orchestratord.domain.jobs import (
     RunRecord,
     Started,
     Tokens,
+    Waiting,
 )
 from orchestratord.domain.validation import JobDraft
 
@@ -42,7 +44,15 @@ _STATE_DOMAIN = {value: key for key, value in _STATE_PROTO.items()}
 
 
 def draft_from_request(request: pb.SubmitJobRequest) -> JobDraft:
+    """The draft; InvalidArgument on ``spec.tools[i].parameters_json`` when
+    it is not a JSON object (every other check is validation's)."""
     spec = request.spec
+    tools = []
+    for index, tool in enumerate(spec.tools):
+        try:
+            tools.append(chat.tool_from_proto(tool))
+        except ValueError as err:
+            raise InvalidArgument(f"spec.tools[{index}].parameters_json", str(err)) from None
     return JobDraft(
         prompt=spec.prompt,
         model=spec.model,
@@ -59,6 +69,9 @@ def draft_from_request(request: pb.SubmitJobRequest) -> JobDraft:
         timeout_seconds=spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else None,
         labels=dict(spec.labels),
         request_id=request.request_id,
+        messages=tuple(chat.message_from_proto(m) for m in spec.messages),
+        tools=tuple(tools),
+        tool_choice=spec.tool_choice,
     )
 
 
@@ -110,6 +123,9 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         task_id=spec.task_id,
         timeout=_duration(spec.timeout_seconds),
         labels=dict(spec.labels),
+        messages=[chat.message_to_proto(m) for m in spec.messages],
+        tools=[chat.tool_to_proto(t) for t in spec.tools],
+        tool_choice=spec.tool_choice,
     )
 
 
@@ -124,6 +140,7 @@ def run_to_proto(run: RunRecord) -> pb.RunRecord:
         engine=run.engine,
         trace_id=run.trace_id,
         context_memory_ids=list(run.context_memory_ids),
+        finish_reason=run.finish_reason,
     )
     if run.queue_wait is not None:
         record.queue_wait.CopyFrom(_duration(run.queue_wait))
@@ -143,6 +160,7 @@ def job_to_proto(job: JobSnapshot) -> pb.Job:
         end_reason=job.end_reason,
         end_message=job.end_message,
         last_sequence=job.last_sequence,
+        tool_calls=[chat.tool_call_to_proto(c) for c in job.tool_calls],
     )
     if job.started_at is not None:
         message.start_time.CopyFrom(_timestamp(job.started_at))
@@ -175,6 +193,8 @@ def write_event(message: events_pb2.JobEvent, event: JobEvent) -> None:
         tokens.SetInParent()
         tokens.text = body.text  # type: ignore[union-attr]
         tokens.token_count = body.token_count  # type: ignore[union-attr]
+        if body.tool_calls:  # type: ignore[union-attr]
+            tokens.tool_calls.extend(chat.delta_to_proto(d) for d in body.tool_calls)  # type: ignore[union-attr]
     elif kind is Queued:
         message.queued.CopyFrom(events_pb2.JobQueued(queue_position=body.queue_position))  # type: ignore[union-attr]
     elif kind is Started:
@@ -183,7 +203,20 @@ def write_event(message: events_pb2.JobEvent, event: JobEvent) -> None:
         )
     elif kind is Completed:
         message.completed.CopyFrom(
-            events_pb2.JobCompleted(finish_reason=body.finish_reason, output_tokens=body.output_tokens)  # type: ignore[union-attr]
+            events_pb2.JobCompleted(
+                finish_reason=body.finish_reason,  # type: ignore[union-attr]
+                output_tokens=body.output_tokens,  # type: ignore[union-attr]
+                tool_calls=[chat.tool_call_to_proto(c) for c in body.tool_calls],  # type: ignore[union-attr]
+            )
+        )
+    elif kind is Waiting:
+        message.waiting.CopyFrom(
+            events_pb2.JobWaiting(
+                reason=body.reason,  # type: ignore[union-attr]
+                message=body.message,  # type: ignore[union-attr]
+                estimate_seconds=body.estimate_seconds,  # type: ignore[union-attr]
+                worker_id=body.worker_id,  # type: ignore[union-attr]
+            )
         )
     elif kind is Failed:
         message.failed.CopyFrom(events_pb2.JobFailed(reason=body.reason, message=body.message))  # type: ignore[union-attr]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hearth.chat import ChatMessage
+
 CONTEXT_HEADER = "Context from memory:\n\n"
 CONTEXT_SEPARATOR = "\n\n"
 PROMPT_SEPARATOR = "\n\n---\n\n"
@@ -25,10 +27,39 @@ class ContextualPrompt:
 def build_prompt_with_context(
     prompt: str, memories: list[RecalledMemory], max_chars: int
 ) -> ContextualPrompt:
-    """The memories in the order memoryd returned them (nearest first), then
-    the prompt. Context is capped at ``max_chars`` characters: memories are
-    taken whole while they fit, the first that does not is cut to what is
-    left, and the rest are dropped. The same inputs always give the same text.
+    """The context block (see :func:`build_context`), then the prompt. The
+    same inputs always give the same text."""
+    context = build_context(memories, max_chars)
+    if not context.memory_ids:
+        return ContextualPrompt(prompt, ())
+    return ContextualPrompt(context.text + PROMPT_SEPARATOR + prompt, context.memory_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextualConversation:
+    messages: tuple[ChatMessage, ...]
+    #: The memories that made it into the conversation, in order.
+    memory_ids: tuple[str, ...]
+
+
+def build_conversation_with_context(
+    messages: tuple[ChatMessage, ...], memories: list[RecalledMemory], max_chars: int
+) -> ContextualConversation:
+    """The conversation with the context block as a system message just
+    before its last message, so earlier turns (and a model's prefix cache
+    of them) stay as they were."""
+    context = build_context(memories, max_chars)
+    if not context.memory_ids:
+        return ContextualConversation(messages, ())
+    block = ChatMessage("system", context.text)
+    return ContextualConversation((*messages[:-1], block, messages[-1]), context.memory_ids)
+
+
+def build_context(memories: list[RecalledMemory], max_chars: int) -> ContextualPrompt:
+    """The context block: a header, then the memories in the order memoryd
+    returned them (nearest first). Capped at ``max_chars`` characters:
+    memories are taken whole while they fit, the first that does not is cut
+    to what is left, and the rest are dropped. Empty when no memory is used.
     """
     parts: list[str] = []
     ids: list[str] = []
@@ -46,7 +77,5 @@ def build_prompt_with_context(
         ids.append(memory.memory_id)
         used += len(text) + (len(CONTEXT_SEPARATOR) if len(parts) > 1 else 0)
     if not parts:
-        return ContextualPrompt(prompt, ())
-    return ContextualPrompt(
-        CONTEXT_HEADER + CONTEXT_SEPARATOR.join(parts) + PROMPT_SEPARATOR + prompt, tuple(ids)
-    )
+        return ContextualPrompt("", ())
+    return ContextualPrompt(CONTEXT_HEADER + CONTEXT_SEPARATOR.join(parts), tuple(ids))

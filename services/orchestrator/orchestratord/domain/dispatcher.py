@@ -34,11 +34,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from hearth.chat import ChatMessage
 from hearth.errors import HearthError, Unavailable
 from hearth.runtime.tracing import JOB_ID_ATTRIBUTE
 from orchestratord.domain.active import ActiveJobs
-from orchestratord.domain.context import build_prompt_with_context
-from orchestratord.domain.jobs import ActiveJob, JobState, Outcome, Priority
+from orchestratord.domain.context import build_conversation_with_context, build_prompt_with_context
+from orchestratord.domain.jobs import ActiveJob, JobState, Outcome, Priority, Waiting
 from orchestratord.domain.journal import EventJournal
 from orchestratord.domain.ports import (
     GenerationFinished,
@@ -298,16 +299,16 @@ class Dispatcher:
 
     async def _work(self, job: ActiveJob) -> Outcome | None:
         spec = job.spec
-        prompt = spec.prompt
+        prompt, messages = spec.prompt, spec.messages
         if spec.use_memory_context:
-            prompt = await self._recall(job)
+            prompt, messages = await self._recall(job)
         # The first target of the chain chosen at submit; walking the
         # fallbacks comes with the routing policy work.
         model = job.route.chain[0]
         while True:
             lease = await self._place(job, model)
             try:
-                return await self._generate(job, lease, prompt)
+                return await self._generate(job, lease, prompt, messages)
             except WorkerError as err:
                 if err.reason != "WORKER_BUSY" or job.state is not JobState.QUEUED:
                     raise
@@ -316,14 +317,15 @@ class Dispatcher:
                 await self._release(job)
                 await self._capacity.wait(model, spec.priority, self._retry_delay(err.retry_after))
 
-    async def _recall(self, job: ActiveJob) -> str:
+    async def _recall(self, job: ActiveJob) -> tuple[str, tuple[ChatMessage, ...]]:
+        """The prompt or conversation with memory context put in."""
         spec = job.spec
         with self._tracer.start_as_current_span(
             "memory.query", attributes={JOB_ID_ATTRIBUTE: job.job_id}
         ) as span:
             try:
                 memories = await self._memory.query(
-                    spec.prompt,
+                    spec.text,
                     spec.project_id,
                     spec.task_id,
                     self._settings.memory_top_k,
@@ -331,10 +333,16 @@ class Dispatcher:
                 )
             except HearthError as err:
                 raise JobFailure("MEMORY_UNAVAILABLE", f"memoryd failed: {err.message}") from err
-            contextual = build_prompt_with_context(spec.prompt, memories, self._settings.memory_max_chars)
-            span.set_attribute("hearth.memory.count", len(contextual.memory_ids))
-        job.context_memory_ids = contextual.memory_ids
-        return contextual.text
+            budget = self._settings.memory_max_chars
+            if spec.messages:
+                conversation = build_conversation_with_context(spec.messages, memories, budget)
+                prompt, messages, used = "", conversation.messages, conversation.memory_ids
+            else:
+                contextual = build_prompt_with_context(spec.prompt, memories, budget)
+                prompt, messages, used = contextual.text, (), contextual.memory_ids
+            span.set_attribute("hearth.memory.count", len(used))
+        job.context_memory_ids = used
+        return prompt, messages
 
     async def _place(self, job: ActiveJob, model: str) -> WorkerLease:
         placing, job.placing = job.placing, None
@@ -358,6 +366,8 @@ class Dispatcher:
                         raise JobFailure(err.reason, err.message) from err
                     span.set_attribute("hearth.place.result", err.reason)
                     delay = self._retry_delay(err.retry_after)
+                    if err.reason == "MODEL_LOADING":
+                        self._waiting(job, err)
                 else:
                     span.set_attribute("hearth.worker_id", lease.worker_id)
                     job.lease = lease
@@ -365,11 +375,39 @@ class Dispatcher:
             placing = None
             await self._capacity.wait(model, job.spec.priority, delay)
 
-    async def _generate(self, job: ActiveJob, lease: WorkerLease, prompt: str) -> Outcome | None:
+    def _waiting(self, job: ActiveJob, err: HearthError) -> None:
+        """Tell watchers the job waits for its model to load (once per worker
+        and estimate, not on every retry)."""
+        try:
+            estimate = float(err.metadata.get("estimate_seconds", "0") or 0)
+        except ValueError:
+            estimate = 0.0
+        waiting = Waiting(err.reason, err.message, round(estimate, 1), err.metadata.get("worker_id", ""))
+        last = next((e.body for e in reversed(job.events) if isinstance(e.body, Waiting)), None)
+        if last is not None and (last.worker_id, last.estimate_seconds) == (
+            waiting.worker_id,
+            waiting.estimate_seconds,
+        ):
+            return
+        event = job.append_waiting(waiting, self._clock())
+        if event is not None:
+            self._journal.append(event)
+
+    async def _generate(
+        self, job: ActiveJob, lease: WorkerLease, prompt: str, messages: tuple[ChatMessage, ...]
+    ) -> Outcome | None:
         """Relay one generation; None when the job ended meanwhile."""
         spec = job.spec
         request = GenerationRequest(
-            job.job_id, lease.model, prompt, spec.max_tokens, spec.temperature, spec.seed
+            job.job_id,
+            lease.model,
+            prompt,
+            spec.max_tokens,
+            spec.temperature,
+            spec.seed,
+            messages=messages,
+            tools=spec.tools,
+            tool_choice=spec.tool_choice,
         )
         job.generation_address = lease.address
         job.worker_id = job.worker_id or lease.worker_id
@@ -381,12 +419,16 @@ class Dispatcher:
                 async for message in stream:
                     if type(message) is TokenChunk:  # the hot path: no await until the next read
                         first = job.first_token_at is None
-                        event = job.append_tokens(message.text, message.token_count, clock())
+                        event = job.append_tokens(
+                            message.text, message.token_count, clock(), message.tool_calls
+                        )
                         if event is None:
                             if job.state is not JobState.QUEUED:
                                 return None  # ended (cancel, deadline): the rest is dropped
                             self._start(job, lease, 0)
-                            event = job.append_tokens(message.text, message.token_count, clock())
+                            event = job.append_tokens(
+                                message.text, message.token_count, clock(), message.tool_calls
+                            )
                             if event is None:
                                 return None
                         journal.append(event)
@@ -402,7 +444,9 @@ class Dispatcher:
                             job.input_tokens = message.input_tokens
                         if message.finish_reason == "ABORTED":
                             return Outcome.failed("GENERATION_ABORTED", "the worker aborted the generation")
-                        return Outcome.completed(message.finish_reason, message.output_tokens)
+                        return Outcome.completed(
+                            message.finish_reason, message.output_tokens, message.tool_calls
+                        )
         if job.state.is_terminal:
             return None
         raise JobFailure("WORKER_LOST", f"worker {lease.worker_id} ended the stream without finishing")
@@ -474,7 +518,7 @@ class Dispatcher:
         ):
             try:
                 await self._memory.store_interaction(
-                    f"{spec.prompt}\n\n{job.output}",
+                    f"{spec.text}\n\n{job.output}",
                     spec.project_id,
                     spec.task_id,
                     source=job.job_id,

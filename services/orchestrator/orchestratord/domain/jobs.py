@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta
+
 
 class JobState(enum.Enum):
     QUEUED = "QUEUED"
@@ -57,7 +59,8 @@ class Priority(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """What to run, with defaults already applied (see ``validation``)."""
+    """What to run, with defaults already applied (see ``validation``): a
+    prompt, or a conversation (``messages``, then ``prompt`` is empty)."""
 
     prompt: str
     model: str = ""
@@ -72,9 +75,27 @@ class JobSpec:
     task_id: str = ""
     timeout_seconds: float = 600.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    messages: tuple[ChatMessage, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = ""
+
+    @property
+    def text(self) -> str:
+        """The text the job is about: the prompt, or the last user message
+        (what memory context is searched with and stored from)."""
+        if self.prompt:
+            return self.prompt
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        conversation: dict[str, Any] = {}
+        if self.messages:
+            conversation["messages"] = [m.to_json() for m in self.messages]
+        if self.tools:
+            conversation["tools"] = [t.to_json() for t in self.tools]
+        if self.tool_choice:
+            conversation["tool_choice"] = self.tool_choice
+        return conversation | {
             "prompt": self.prompt,
             "model": self.model,
             "role": self.role,
@@ -106,6 +127,9 @@ class JobSpec:
             task_id=data.get("task_id", ""),
             timeout_seconds=float(data.get("timeout_seconds", 600.0)),
             labels=dict(data.get("labels") or {}),
+            messages=tuple(ChatMessage.from_json(m) for m in data.get("messages") or ()),
+            tools=tuple(Tool.from_json(t) for t in data.get("tools") or ()),
+            tool_choice=data.get("tool_choice", ""),
         )
 
 
@@ -142,13 +166,47 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """The job cannot start yet, and why (MODEL_LOADING). Not terminal."""
+
+    kind: ClassVar[str] = "waiting"
+    reason: str
+    message: str
+    estimate_seconds: float = 0.0
+    worker_id: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "estimate_seconds": self.estimate_seconds,
+            "worker_id": self.worker_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Tokens:
     kind: ClassVar[str] = "tokens"
     text: str
     token_count: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
     def payload(self) -> dict[str, Any]:
-        return {"text": self.text, "token_count": self.token_count}
+        data: dict[str, Any] = {"text": self.text, "token_count": self.token_count}
+        if self.tool_calls:
+            data["tool_calls"] = [
+                {"index": d.index, "id": d.id, "name": d.name, "arguments": d.arguments}
+                for d in self.tool_calls
+            ]
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Tokens:
+        return cls(
+            payload["text"],
+            payload["token_count"],
+            tuple(ToolCallDelta(**d) for d in payload.get("tool_calls") or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +214,21 @@ class Completed:
     kind: ClassVar[str] = "completed"
     finish_reason: str
     output_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def payload(self) -> dict[str, Any]:
-        return {"finish_reason": self.finish_reason, "output_tokens": self.output_tokens}
+        data: dict[str, Any] = {"finish_reason": self.finish_reason, "output_tokens": self.output_tokens}
+        if self.tool_calls:
+            data["tool_calls"] = [c.to_json() for c in self.tool_calls]
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Completed:
+        return cls(
+            payload["finish_reason"],
+            payload["output_tokens"],
+            tuple(ToolCall.from_json(c) for c in payload.get("tool_calls") or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +250,13 @@ class Cancelled:
         return {"reason": self.reason}
 
 
-EventBody = Queued | Started | Tokens | Completed | Failed | Cancelled
+EventBody = Queued | Waiting | Started | Tokens | Completed | Failed | Cancelled
 TERMINAL_BODIES = (Completed, Failed, Cancelled)
 BODY_BY_KIND: dict[str, type[EventBody]] = {
-    cls.kind: cls for cls in (Queued, Started, Tokens, Completed, Failed, Cancelled)
+    cls.kind: cls for cls in (Queued, Waiting, Started, Tokens, Completed, Failed, Cancelled)
 }
 #: Event kinds published on NATS; tokens travel only over gRPC and the log.
-LIFECYCLE_KINDS = frozenset({"queued", "started", "completed", "failed", "cancelled"})
+LIFECYCLE_KINDS = frozenset({"queued", "waiting", "started", "completed", "failed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +280,10 @@ class JobEvent:
     def from_payload(
         cls, job_id: str, sequence: int, time: float, kind: str, payload: Mapping[str, Any]
     ) -> JobEvent:
-        return cls(job_id, sequence, time, BODY_BY_KIND[kind](**payload))
+        body_type = BODY_BY_KIND[kind]
+        if body_type is Tokens or body_type is Completed:
+            return cls(job_id, sequence, time, body_type.from_payload(payload))
+        return cls(job_id, sequence, time, body_type(**payload))
 
 
 # --- outcomes and run records ---------------------------------------------
@@ -226,10 +299,18 @@ class Outcome:
     message: str = ""
     finish_reason: str = ""
     output_tokens: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
-    def completed(cls, finish_reason: str, output_tokens: int | None = None) -> Outcome:
-        return cls(JobState.COMPLETED, finish_reason=finish_reason, output_tokens=output_tokens)
+    def completed(
+        cls, finish_reason: str, output_tokens: int | None = None, tool_calls: tuple[ToolCall, ...] = ()
+    ) -> Outcome:
+        return cls(
+            JobState.COMPLETED,
+            finish_reason=finish_reason,
+            output_tokens=output_tokens,
+            tool_calls=tool_calls,
+        )
 
     @classmethod
     def failed(cls, reason: str, message: str) -> Outcome:
@@ -256,6 +337,8 @@ class RunRecord:
     engine: str
     trace_id: str
     context_memory_ids: tuple[str, ...] = ()
+    #: STOP, LENGTH or TOOL_CALLS for a completed job; empty otherwise.
+    finish_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +358,8 @@ class JobSnapshot:
     run: RunRecord | None
     route: RouteDecision
     last_sequence: int
+    #: The tool calls the model made (a completed job, finish reason TOOL_CALLS).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +375,7 @@ class JobEnd:
     started_at: float | None
     ended_at: float
     run: RunRecord | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 # --- the active job --------------------------------------------------------
@@ -319,6 +405,7 @@ class ActiveJob:
         "engine",
         "events",
         "finish_output_tokens",
+        "finish_reason",
         "first_chunk_tokens",
         "first_token_at",
         "generation_address",
@@ -335,6 +422,7 @@ class ActiveJob:
         "started_at",
         "state",
         "terminal",
+        "tool_calls",
         "trace_context",
         "trace_id",
         "work",
@@ -388,6 +476,8 @@ class ActiveJob:
         self.input_tokens = 0
         self.output_tokens = 0
         self.finish_output_tokens: int | None = None
+        self.finish_reason = ""
+        self.tool_calls: tuple[ToolCall, ...] = ()
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.first_chunk_tokens = 0
@@ -423,7 +513,15 @@ class ActiveJob:
         self.input_tokens = input_tokens
         return self._append(Started(model, worker_id, input_tokens), now)
 
-    def append_tokens(self, text: str, token_count: int, now: float) -> JobEvent | None:
+    def append_waiting(self, waiting: Waiting, now: float) -> JobEvent | None:
+        """Append a waiting event for a QUEUED job; None (dropped) otherwise."""
+        if self.state is not JobState.QUEUED:
+            return None
+        return self._append(waiting, now)
+
+    def append_tokens(
+        self, text: str, token_count: int, now: float, tool_calls: tuple[ToolCallDelta, ...] = ()
+    ) -> JobEvent | None:
         """Append a tokens event for a RUNNING job; None (dropped) otherwise,
         which is how tokens arriving after the end never reach the log."""
         if self.state is not JobState.RUNNING:
@@ -434,7 +532,7 @@ class ActiveJob:
         self.last_token_at = now
         self.output_tokens += token_count
         self._output_parts.append(text)
-        return self._append(Tokens(text, token_count), now)
+        return self._append(Tokens(text, token_count, tool_calls), now)
 
     def claim_end(self, outcome: Outcome, now: float) -> JobEvent | None:
         """Decide the job's end. Returns the terminal event when this call won,
@@ -452,7 +550,9 @@ class ActiveJob:
         body: EventBody
         if outcome.state is JobState.COMPLETED:
             self.finish_output_tokens = outcome.output_tokens
-            body = Completed(outcome.finish_reason, self.final_output_tokens)
+            self.finish_reason = outcome.finish_reason
+            self.tool_calls = outcome.tool_calls
+            body = Completed(outcome.finish_reason, self.final_output_tokens, outcome.tool_calls)
         elif outcome.state is JobState.CANCELLED:
             body = Cancelled(outcome.message)
         else:
@@ -474,6 +574,7 @@ class ActiveJob:
             started_at=self.started_at,
             ended_at=self.ended_at,
             run=self.run_record(),
+            tool_calls=self.tool_calls,
         )
 
     def publish_end(self) -> None:
@@ -534,6 +635,7 @@ class ActiveJob:
             engine=self.engine,
             trace_id=self.trace_id,
             context_memory_ids=self.context_memory_ids,
+            finish_reason=self.finish_reason,
         )
 
     def snapshot(self) -> JobSnapshot:
@@ -551,6 +653,7 @@ class ActiveJob:
             run=self.run_record(),
             route=self.route,
             last_sequence=self.last_sequence,
+            tool_calls=self.tool_calls,
         )
 
     # --- internals ---

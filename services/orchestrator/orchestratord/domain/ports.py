@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta
 from orchestratord.domain.context import RecalledMemory
 from orchestratord.domain.jobs import JobEnd, JobEvent, JobSnapshot, JobState, RouteDecision
 
@@ -26,6 +27,8 @@ class RouteFacts:
     role: str
     prompt_tokens: int
     max_tokens: int
+    #: The job offers tools (only conformant targets may run it).
+    needs_tools: bool = False
 
 
 class Router(Protocol):
@@ -70,6 +73,10 @@ class GenerationRequest:
     max_tokens: int
     temperature: float
     seed: int
+    #: A conversation instead of a prompt (then ``prompt`` is empty).
+    messages: tuple[ChatMessage, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +88,16 @@ class GenerationStarted:
 class TokenChunk:
     text: str
     token_count: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationFinished:
-    #: STOP, LENGTH or ABORTED.
+    #: STOP, LENGTH, TOOL_CALLS or ABORTED.
     finish_reason: str
     input_tokens: int
     output_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 GenerationEvent = GenerationStarted | TokenChunk | GenerationFinished

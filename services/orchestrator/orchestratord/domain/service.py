@@ -17,6 +17,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from hearth.chat import render_plain
 from hearth.errors import InvalidArgument, NotFound, ResourceExhausted
 from hearth.runtime.tracing import JOB_ID_ATTRIBUTE
 from orchestratord.domain.active import ActiveJobs
@@ -104,9 +105,21 @@ class JobService:
         submission = validate_submission(draft, self._limits)
         spec, request_id = submission.spec, submission.request_id
         job_id = str(uuid.uuid4())
-        prompt_chars = len(spec.prompt) + (self._context_budget if spec.use_memory_context else 0)
+        prompt_chars = (
+            len(spec.prompt)
+            + len(render_plain(spec.messages) if spec.messages else "")
+            + sum(len(json.dumps(t.to_json())) for t in spec.tools)
+            + (self._context_budget if spec.use_memory_context else 0)
+        )
         route = await self._router.route(
-            RouteFacts(job_id, spec.model, spec.role, estimate_prompt_tokens(prompt_chars), spec.max_tokens)
+            RouteFacts(
+                job_id,
+                spec.model,
+                spec.role,
+                estimate_prompt_tokens(prompt_chars),
+                spec.max_tokens,
+                needs_tools=bool(spec.tools) and spec.tool_choice != "none",
+            )
         )
         queue = self._active.queue
         if not queue.reserve():

@@ -4,12 +4,16 @@ router or the database. Each failure names the request field it is about."""
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hearth.chat import ROLES, ChatMessage, Tool
 from hearth.errors import InvalidArgument
 from orchestratord.domain.jobs import JobSpec, Priority
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +25,7 @@ class JobDraft:
     ``timeout_seconds`` is None when the request left it unset.
     """
 
-    prompt: str
+    prompt: str = ""
     model: str = ""
     role: str = ""
     max_tokens: int | None = None
@@ -35,11 +39,16 @@ class JobDraft:
     timeout_seconds: float | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class SubmitLimits:
     max_prompt_chars: int = 200_000
+    max_messages: int = 1000
+    max_tools: int = 128
     default_max_tokens: int = 256
     default_timeout_seconds: float = 600.0
 
@@ -54,19 +63,26 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
     """Check a draft and apply the defaults (max_tokens, priority, timeout).
 
     Raises InvalidArgument naming the field: ``spec.prompt`` (empty, blank, or
-    longer than the limit: reason PROMPT_TOO_LONG), ``spec.max_tokens``,
+    longer than the limit: reason PROMPT_TOO_LONG; or given with messages),
+    ``spec.messages[i].role|content|tool_call_id|tool_calls`` and
+    ``spec.tools[i].name|parameters_json``, ``spec.tool_choice``, ``spec.max_tokens``,
     ``spec.temperature``, ``spec.priority``, ``spec.project_id`` (required by
     either memory flag), ``spec.timeout``, ``request_id`` (must be a UUID).
     """
-    if not draft.prompt or not draft.prompt.strip():
-        raise InvalidArgument("spec.prompt", "must not be empty or blank")
-    if len(draft.prompt) > limits.max_prompt_chars:
+    if draft.messages:
+        if draft.prompt:
+            raise InvalidArgument("spec.prompt", "must be empty when messages are given (one or the other)")
+        _check_messages(draft.messages, limits)
+    elif not draft.prompt or not draft.prompt.strip():
+        raise InvalidArgument("spec.prompt", "must not be empty or blank (or give messages)")
+    elif len(draft.prompt) > limits.max_prompt_chars:
         raise InvalidArgument(
             "spec.prompt",
             f"is {len(draft.prompt)} characters; the limit is {limits.max_prompt_chars}",
             reason="PROMPT_TOO_LONG",
             limit=str(limits.max_prompt_chars),
         )
+    _check_tools(draft.tools, draft.tool_choice, limits)
     if draft.max_tokens is not None and draft.max_tokens < 1:
         raise InvalidArgument("spec.max_tokens", "must be at least 1 (leave it unset for the default)")
     if not (0.0 <= draft.temperature <= 2.0):  # also rejects NaN
@@ -106,8 +122,74 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
         # A zero timeout means "unset", as proto3 cannot tell the two apart.
         timeout_seconds=timeout or limits.default_timeout_seconds,
         labels=dict(draft.labels),
+        messages=draft.messages,
+        tools=draft.tools,
+        tool_choice=draft.tool_choice,
     )
     return Submission(spec, request_id)
+
+
+def _check_messages(messages: tuple[ChatMessage, ...], limits: SubmitLimits) -> None:
+    if len(messages) > limits.max_messages:
+        raise InvalidArgument(
+            "spec.messages", f"has {len(messages)} messages; the limit is {limits.max_messages}"
+        )
+    total = 0
+    call_ids: set[str] = set()
+    for index, message in enumerate(messages):
+        where = f"spec.messages[{index}]"
+        if message.role not in ROLES:
+            raise InvalidArgument(
+                f"{where}.role", f"unknown role {message.role!r}; one of {', '.join(ROLES)}"
+            )
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidArgument(f"{where}.tool_calls", "only assistant messages make tool calls")
+        call_ids.update(call.id for call in message.tool_calls)
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise InvalidArgument(f"{where}.tool_call_id", "a tool message must name the call it answers")
+            if message.tool_call_id not in call_ids:
+                raise InvalidArgument(
+                    f"{where}.tool_call_id",
+                    f"{message.tool_call_id!r} answers no earlier assistant tool call",
+                )
+        elif not message.content.strip() and not message.tool_calls:
+            raise InvalidArgument(f"{where}.content", "must not be empty or blank")
+        total += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
+    if total > limits.max_prompt_chars:
+        raise InvalidArgument(
+            "spec.messages",
+            f"hold {total} characters; the limit is {limits.max_prompt_chars}",
+            reason="PROMPT_TOO_LONG",
+            limit=str(limits.max_prompt_chars),
+        )
+    if messages[-1].role == "assistant" and not messages[-1].tool_calls:
+        raise InvalidArgument(
+            f"spec.messages[{len(messages) - 1}].role", "the last message must not be the assistant's answer"
+        )
+
+
+def _check_tools(tools: tuple[Tool, ...], tool_choice: str, limits: SubmitLimits) -> None:
+    if len(tools) > limits.max_tools:
+        raise InvalidArgument("spec.tools", f"has {len(tools)} tools; the limit is {limits.max_tools}")
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        where = f"spec.tools[{index}]"
+        if not _TOOL_NAME.fullmatch(tool.name):
+            raise InvalidArgument(f"{where}.name", "must be 1-64 letters, digits, underscores or dashes")
+        if tool.name in names:
+            raise InvalidArgument(f"{where}.name", f"{tool.name!r} is defined twice")
+        names.add(tool.name)
+        if tool.parameters and tool.parameters.get("type", "object") != "object":
+            raise InvalidArgument(f"{where}.parameters_json", "must be a JSON Schema of type object")
+    if tool_choice in ("", "auto", "none"):
+        return
+    if not tools:
+        raise InvalidArgument("spec.tool_choice", "needs tools")
+    if tool_choice != "required" and tool_choice not in names:
+        raise InvalidArgument(
+            "spec.tool_choice", f"{tool_choice!r} is not auto, none, required or a tool's name"
+        )
 
 
 def estimate_prompt_tokens(prompt_chars: int) -> int:

@@ -21,6 +21,10 @@ Rules today, in order:
 3. A candidate whose context is shorter than prompt_tokens + max_tokens is
    passed over (CONTEXT_TOO_LONG); when every candidate is passed over the job
    is InvalidArgument(CONTEXT_TOO_LONG) on spec.max_tokens.
+4. A job that offers tools goes only to targets whose latest tool-call
+   conformance probe passed; the others are passed over
+   (TOOLS_NOT_CONFORMANT). When none is left (or the named model has not
+   passed), the job is FailedPrecondition(NO_TOOL_CAPABLE_TARGET).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from hearth.errors import InvalidArgument, NotFound
+from hearth.errors import FailedPrecondition, InvalidArgument, NotFound
 
 #: Version of the RoutingReport schema this module fills in.
 REPORT_SCHEMA_VERSION = 1
@@ -46,6 +50,7 @@ class CandidateReason(enum.StrEnum):
     ROLE_FALLBACK = "ROLE_FALLBACK"
     ROLE_MISMATCH = "ROLE_MISMATCH"
     CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
+    TOOLS_NOT_CONFORMANT = "TOOLS_NOT_CONFORMANT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class CatalogModel:
         roles: the roles it is the default for, e.g. ("coder",).
         engine: the engine kind that serves it.
         path: where its weights are (part of the catalog's identity only).
+        tools_conformant: its latest tool-call conformance probe passed.
     """
 
     name: str
@@ -65,6 +71,7 @@ class CatalogModel:
     roles: tuple[str, ...] = ()
     engine: str = ""
     path: str = ""
+    tools_conformant: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class RouteFacts:
         role: the agent role; "" for the catalog's default role.
         prompt_tokens: tokens in the prompt and context, as the caller estimates.
         max_tokens: the most tokens the job may generate.
+        needs_tools: the job offers tools the model may call.
     """
 
     job_id: str = ""
@@ -117,6 +125,7 @@ class RouteFacts:
     role: str = ""
     prompt_tokens: int = 0
     max_tokens: int = 0
+    needs_tools: bool = False
 
     @property
     def needed_tokens(self) -> int:
@@ -177,6 +186,8 @@ def _route_requested(facts: RouteFacts, catalog: ModelCatalog) -> RouteDecision:
         )
     if model.context_length < facts.needed_tokens:
         raise _context_too_long(facts, model.context_length)
+    if facts.needs_tools and not model.tools_conformant:
+        raise _no_tool_target(f"model {model.name!r} has not passed the tool-call conformance probe")
     candidates = tuple(
         RouteCandidate(model.name, True, CandidateReason.REQUESTED_MODEL, "the job names this model")
         if m is model
@@ -215,7 +226,16 @@ def _route_by_role(facts: RouteFacts, catalog: ModelCatalog) -> RouteDecision:
     chain: list[str] = []
     candidates: list[RouteCandidate] = []
     for m, why in ordered:
-        if m.context_length < needed:
+        if facts.needs_tools and not m.tools_conformant:
+            candidates.append(
+                RouteCandidate(
+                    m.name,
+                    False,
+                    CandidateReason.TOOLS_NOT_CONFORMANT,
+                    f"{why}; has not passed the tool probe",
+                )
+            )
+        elif m.context_length < needed:
             candidates.append(
                 RouteCandidate(
                     m.name,
@@ -230,9 +250,14 @@ def _route_by_role(facts: RouteFacts, catalog: ModelCatalog) -> RouteDecision:
         else:
             candidates.append(RouteCandidate(m.name, False, CandidateReason.ROLE_FALLBACK, why))
             chain.append(m.name)
+    passed_over = {c.reason for c in candidates if not c.selected and c.target not in chain}
     if not chain:
-        raise _context_too_long(facts, max(m.context_length for m, _ in ordered))
-    if len(chain) < len(ordered):
+        if CandidateReason.CONTEXT_TOO_LONG in passed_over:
+            raise _context_too_long(facts, max(m.context_length for m, _ in ordered))
+        raise _no_tool_target(f"no {wanted} model has passed the tool-call conformance probe")
+    if CandidateReason.TOOLS_NOT_CONFORMANT in passed_over:
+        rules.append("tools_conformant")
+    if CandidateReason.CONTEXT_TOO_LONG in passed_over:
         rules.append("context_too_long")
 
     in_chain = {m.name for m, _ in ordered}
@@ -244,6 +269,13 @@ def _route_by_role(facts: RouteFacts, catalog: ModelCatalog) -> RouteDecision:
             )
     report = RoutingReport(catalog.version, chain[0], tuple(candidates), tuple(rules))
     return RouteDecision(tuple(chain), report)
+
+
+def _no_tool_target(why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the job offers tools, and {why}; run `hearth probe TARGET` on a model that makes tool calls",
+        reason="NO_TOOL_CAPABLE_TARGET",
+    )
 
 
 def _context_too_long(facts: RouteFacts, largest: int) -> InvalidArgument:

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
+from hearth import chat
 from hearth.api.worker.v1 import worker_pb2
+from hearth.errors import InvalidArgument
 from workerd.domain.engine import (
     FinishReason,
     GenerationFinished,
@@ -21,6 +23,7 @@ _FINISH_REASONS: dict[FinishReason, worker_pb2.FinishReason.ValueType] = {
     "stop": worker_pb2.FINISH_REASON_STOP,
     "length": worker_pb2.FINISH_REASON_LENGTH,
     "aborted": worker_pb2.FINISH_REASON_ABORTED,
+    "tool_calls": worker_pb2.FINISH_REASON_TOOL_CALLS,
 }
 
 _STATES: dict[WorkerState, worker_pb2.WorkerState.ValueType] = {
@@ -31,7 +34,14 @@ _STATES: dict[WorkerState, worker_pb2.WorkerState.ValueType] = {
 
 
 def generation_request(request: worker_pb2.GenerateRequest) -> GenerationRequest:
-    """The domain request; a proto seed of 0 means "unset"."""
+    """The domain request; a proto seed of 0 means "unset". Raises
+    InvalidArgument on ``tools[i].parameters_json`` when it is not a JSON object."""
+    tools = []
+    for index, tool in enumerate(request.tools):
+        try:
+            tools.append(chat.tool_from_proto(tool))
+        except ValueError as err:
+            raise InvalidArgument(f"tools[{index}].parameters_json", str(err)) from None
     return GenerationRequest(
         job_id=request.job_id,
         model=request.model,
@@ -39,6 +49,9 @@ def generation_request(request: worker_pb2.GenerateRequest) -> GenerationRequest
         max_tokens=request.max_tokens,
         temperature=request.temperature,
         seed=request.seed or None,
+        messages=tuple(chat.message_from_proto(m) for m in request.messages),
+        tools=tuple(tools),
+        tool_choice=request.tool_choice,
     )
 
 
@@ -46,8 +59,14 @@ def started_message(event: GenerationStarted) -> worker_pb2.GenerateResponse:
     return worker_pb2.GenerateResponse(started=worker_pb2.GenerationStarted(input_tokens=event.input_tokens))
 
 
-def tokens_message(text: str, token_count: int) -> worker_pb2.GenerateResponse:
-    return worker_pb2.GenerateResponse(tokens=worker_pb2.TokenChunk(text=text, token_count=token_count))
+def tokens_message(
+    text: str, token_count: int, tool_calls: Sequence[chat.ToolCallDelta] = ()
+) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(
+        tokens=worker_pb2.TokenChunk(
+            text=text, token_count=token_count, tool_calls=[chat.delta_to_proto(d) for d in tool_calls]
+        )
+    )
 
 
 def finished_message(event: GenerationFinished) -> worker_pb2.GenerateResponse:
@@ -56,13 +75,18 @@ def finished_message(event: GenerationFinished) -> worker_pb2.GenerateResponse:
             finish_reason=_FINISH_REASONS[event.finish_reason],
             input_tokens=event.input_tokens,
             output_tokens=event.output_tokens,
+            tool_calls=[chat.tool_call_to_proto(c) for c in event.tool_calls],
         )
     )
 
 
-def merge_deltas(deltas: Sequence[TokenDelta]) -> tuple[str, int]:
-    """Text and token count of several deltas sent as one chunk."""
-    return "".join(d.text for d in deltas), sum(d.token_count for d in deltas)
+def merge_deltas(deltas: Sequence[TokenDelta]) -> tuple[str, int, list[chat.ToolCallDelta]]:
+    """Text, token count and tool-call pieces of several deltas sent as one chunk."""
+    return (
+        "".join(d.text for d in deltas),
+        sum(d.token_count for d in deltas),
+        [piece for d in deltas for piece in d.tool_calls],
+    )
 
 
 def worker_info(

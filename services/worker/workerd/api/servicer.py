@@ -161,13 +161,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                             held = waiting
                             break
                         deltas.append(waiting)
-                    text, count = convert.merge_deltas(deltas)
+                    text, count, tool_calls = convert.merge_deltas(deltas)
                     if first_token:
                         first_token = False
                         self._metrics.time_to_first_token.observe(time.perf_counter() - received)
                     self._metrics.generated_tokens.inc(count)
                     self._status.record_tokens(count)
-                    yield convert.tokens_message(text, count)
+                    yield convert.tokens_message(text, count, tool_calls)
                 elif isinstance(event, GenerationFinished):
                     outcome = event.finish_reason
                     self._status.record_finish(event.finish_reason)

@@ -7,11 +7,17 @@ everything on cleanup. The worker owns transport, admission, registration and
 shutdown; the engine owns the model.
 
 Engines: ``transformers`` (in-process Hugging Face model), ``sim`` (a timing
-model of a GPU engine, for load tests), and later ``vllm`` and ``openai``
-(HTTP clients of an OpenAI-compatible server). Those remote engines map onto
-the same calls: start() waits for the server's health, generate() is one
-streamed completion, abort() closes that HTTP stream, count_tokens() asks the
-server's tokenizer (or estimates), stats() scrapes its metrics.
+model of a GPU engine, for load tests), ``vllm`` (a ``vllm serve`` child
+process), ``openai`` and ``anthropic`` (HTTP clients of a chat API) and
+``cli`` (a command-line agent run once per job). The HTTP engines map onto the
+same calls: start() checks the upstream, generate() is one streamed
+completion, abort() closes that HTTP stream, count_tokens() estimates, stats()
+reports what the upstream says about its load.
+
+A request carries either a prompt or a conversation (``messages``), and may
+offer tools; an engine that can call tools streams them as
+:class:`~hearth.chat.ToolCallDelta` pieces on :class:`TokenDelta` and ends with
+``finish_reason="tool_calls"`` and the assembled calls.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta, render_plain
 from hearth.errors import InvalidArgument, NotFound
 
-FinishReason = Literal["stop", "length", "aborted"]
+FinishReason = Literal["stop", "length", "aborted", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class GenerationRequest:
     job_id: str
     #: A model the engine serves (see :meth:`Engine.models`).
     model: str
-    #: The full prompt, context included.
+    #: The full prompt, context included; empty when ``messages`` is set.
     prompt: str
     #: Upper bound on generated tokens; at least 1.
     max_tokens: int
@@ -42,6 +49,12 @@ class GenerationRequest:
     temperature: float = 0.0
     #: Seed for sampling; None leaves it to the engine (not reproducible).
     seed: int | None = None
+    #: The conversation, when the job is one (then ``prompt`` is empty).
+    messages: tuple[ChatMessage, ...] = ()
+    #: Functions the model may call.
+    tools: tuple[Tool, ...] = ()
+    #: auto (also when empty), none, required, or a tool's name.
+    tool_choice: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,8 @@ class TokenDelta:
 
     text: str
     token_count: int
+    #: Pieces of tool calls produced with (or instead of) the text.
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,8 @@ class GenerationFinished:
     finish_reason: FinishReason
     input_tokens: int
     output_tokens: int
+    #: The complete tool calls (finish_reason "tool_calls").
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 GenerationEvent = GenerationStarted | TokenDelta | GenerationFinished
@@ -83,6 +100,10 @@ class ServedModel:
     name: str
     #: Longest prompt plus completion, in tokens.
     context_length: int
+    #: Whether the engine can make tool calls with this model.
+    supports_tools: bool = False
+    #: Whether the model runs on a remote API rather than local hardware.
+    remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +151,8 @@ class Engine(abc.ABC):
       duplicate.
     """
 
-    #: The engine kind, as configured and reported: transformers, sim, vllm, openai.
+    #: The engine kind, as configured and reported: transformers, sim, vllm,
+    #: openai, anthropic, cli.
     kind: ClassVar[str] = ""
 
     @abc.abstractmethod
@@ -160,6 +182,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` as this engine's tokenizer counts them (after start())."""
+
+
+def prompt_text(request: GenerationRequest) -> str:
+    """The request as one text: the prompt, or the conversation rendered
+    plainly (for engines without a chat template, and for token estimates)."""
+    return request.prompt or render_plain(request.messages)
 
 
 def find_model(models: Sequence[ServedModel], name: str) -> ServedModel:

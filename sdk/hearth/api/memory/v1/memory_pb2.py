@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/memory/v1/memory.proto\x12\x14hearth.api.memory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x02\n\x06Memory\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x12\n\nsubtask_id\x18\x05 \x01(\t\x12.\n\x04kind\x18\x06 \x01(\x0e\x32 .hearth.api.memory.v1.MemoryKind\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.hearth.api.memory.v1.Memory.LabelsEntry\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0cStoreRequest\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\rStoreResponse\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\"\x81\x01\n\x0cQueryRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12/\n\x05kinds\x18\x05 \x03(\x0e\x32 .hearth.api.memory.v1.MemoryKind\"K\n\x0cScoredMemory\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x02\"D\n\rQueryResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".hearth.api.memory.v1.ScoredMemory\"7\n\rDeleteRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05*\xd9\x01\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_KIND_RAW_INTERACTION\x10\x01\x12\x1c\n\x18MEMORY_KIND_TASK_SUMMARY\x10\x02\x12\x1f\n\x1bMEMORY_KIND_PROJECT_SUMMARY\x10\x03\x12\x1a\n\x16MEMORY_KIND_DESIGN_DOC\x10\x04\x12\x1c\n\x18MEMORY_KIND_CODE_SNIPPET\x10\x05\x12\x14\n\x10MEMORY_KIND_NOTE\x10\x06\x32\x88\x02\n\rMemoryService\x12P\n\x05Store\x12\".hearth.api.memory.v1.StoreRequest\x1a#.hearth.api.memory.v1.StoreResponse\x12P\n\x05Query\x12\".hearth.api.memory.v1.QueryRequest\x1a#.hearth.api.memory.v1.QueryResponse\x12S\n\x06\x44\x65lete\x12#.hearth.api.memory.v1.DeleteRequest\x1a$.hearth.api.memory.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/memory/v1/memory.proto\x12\x14hearth.api.memory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x02\n\x06Memory\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x12\n\nsubtask_id\x18\x05 \x01(\t\x12.\n\x04kind\x18\x06 \x01(\x0e\x32 .hearth.api.memory.v1.MemoryKind\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.hearth.api.memory.v1.Memory.LabelsEntry\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0cStoreRequest\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\rStoreResponse\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\"\x81\x01\n\x0cQueryRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12/\n\x05kinds\x18\x05 \x03(\x0e\x32 .hearth.api.memory.v1.MemoryKind\"K\n\x0cScoredMemory\x12,\n\x06memory\x18\x01 \x01(\x0b\x32\x1c.hearth.api.memory.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x02\"D\n\rQueryResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".hearth.api.memory.v1.ScoredMemory\"7\n\rDeleteRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x1e\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"|\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.hearth.api.memory.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x05*\xd9\x01\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMEMORY_KIND_RAW_INTERACTION\x10\x01\x12\x1c\n\x18MEMORY_KIND_TASK_SUMMARY\x10\x02\x12\x1f\n\x1bMEMORY_KIND_PROJECT_SUMMARY\x10\x03\x12\x1a\n\x16MEMORY_KIND_DESIGN_DOC\x10\x04\x12\x1c\n\x18MEMORY_KIND_CODE_SNIPPET\x10\x05\x12\x14\n\x10MEMORY_KIND_NOTE\x10\x06\x32\xda\x02\n\rMemoryService\x12P\n\x05Store\x12\".hearth.api.memory.v1.StoreRequest\x1a#.hearth.api.memory.v1.StoreResponse\x12P\n\x05Query\x12\".hearth.api.memory.v1.QueryRequest\x1a#.hearth.api.memory.v1.QueryResponse\x12S\n\x06\x44\x65lete\x12#.hearth.api.memory.v1.DeleteRequest\x1a$.hearth.api.memory.v1.DeleteResponse\x12P\n\x05\x45mbed\x12\".hearth.api.memory.v1.EmbedRequest\x1a#.hearth.api.memory.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMORY_LABELSENTRY']._loaded_options = None
   _globals['_MEMORY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MEMORYKIND']._serialized_start=928
-  _globals['_MEMORYKIND']._serialized_end=1145
+  _globals['_MEMORYKIND']._serialized_start=1115
+  _globals['_MEMORYKIND']._serialized_end=1332
   _globals['_MEMORY']._serialized_start=93
   _globals['_MEMORY']._serialized_end=409
   _globals['_MEMORY_LABELSENTRY']._serialized_start=364
@@ -54,6 +54,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEREQUEST']._serialized_end=890
   _globals['_DELETERESPONSE']._serialized_start=892
   _globals['_DELETERESPONSE']._serialized_end=925
-  _globals['_MEMORYSERVICE']._serialized_start=1148
-  _globals['_MEMORYSERVICE']._serialized_end=1412
+  _globals['_EMBEDREQUEST']._serialized_start=927
+  _globals['_EMBEDREQUEST']._serialized_end=957
+  _globals['_EMBEDDING']._serialized_start=959
+  _globals['_EMBEDDING']._serialized_end=986
+  _globals['_EMBEDRESPONSE']._serialized_start=988
+  _globals['_EMBEDRESPONSE']._serialized_end=1112
+  _globals['_MEMORYSERVICE']._serialized_start=1335
+  _globals['_MEMORYSERVICE']._serialized_end=1681
 # @@protoc_insertion_point(module_scope)

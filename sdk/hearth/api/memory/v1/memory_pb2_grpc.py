@@ -51,6 +51,11 @@ class MemoryServiceStub:
                 request_serializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/hearth.api.memory.v1.MemoryService/Embed',
+                request_serializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -80,6 +85,15 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed returns the embeddings of texts with memoryd's embedding model (the
+        one its memories use). Errors: INVALID_ARGUMENT on inputs (empty list,
+        empty text, too many inputs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteRequest.FromString,
                     response_serializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +201,33 @@ class MemoryService:
             '/hearth.api.memory.v1.MemoryService/Delete',
             hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteRequest.SerializeToString,
             hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.memory.v1.MemoryService/Embed',
+            hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedRequest.SerializeToString,
+            hearth_dot_api_dot_memory_dot_v1_dot_memory__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class MemoryServiceStub:
     """Query returns the memories of one project nearest in meaning to a text."""
     Delete: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteRequest, _memory_pb2.DeleteResponse]
     """Delete removes memories by id within a project."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EmbedRequest, _memory_pb2.EmbedResponse]
+    """Embed returns the embeddings of texts with memoryd's embedding model (the
+    one its memories use). Errors: INVALID_ARGUMENT on inputs (empty list,
+    empty text, too many inputs).
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -59,6 +64,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Query returns the memories of one project nearest in meaning to a text."""
     Delete: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteRequest, _memory_pb2.DeleteResponse]  # type: ignore[assignment]
     """Delete removes memories by id within a project."""
+    Embed: _aio.UnaryUnaryMultiCallable[_memory_pb2.EmbedRequest, _memory_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed returns the embeddings of texts with memoryd's embedding model (the
+    one its memories use). Errors: INVALID_ARGUMENT on inputs (empty list,
+    empty text, too many inputs).
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """MemoryService keeps long-term memories, embedded for semantic search and
@@ -90,5 +100,16 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteResponse, _abc.Awaitable[_memory_pb2.DeleteResponse]]:
         """Delete removes memories by id within a project."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _memory_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.EmbedResponse, _abc.Awaitable[_memory_pb2.EmbedResponse]]:
+        """Embed returns the embeddings of texts with memoryd's embedding model (the
+        one its memories use). Errors: INVALID_ARGUMENT on inputs (empty list,
+        empty text, too many inputs).
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

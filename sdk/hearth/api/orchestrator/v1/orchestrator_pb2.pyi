@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hearth.api.chat.v1 import chat_pb2 as _chat_pb2
 from hearth.api.events.v1 import events_pb2 as _events_pb2
 from hearth.api.router.v1 import router_pb2 as _router_pb2
 import builtins as _builtins
@@ -67,7 +68,9 @@ Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 @_typing.final
 class JobSpec(_message.Message):
-    """What to run. Only prompt is required."""
+    """What to run: a prompt, or a conversation (messages). Exactly one of the two
+    is required.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -104,8 +107,11 @@ class JobSpec(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
-    """Must not be empty or blank; at most the orchestrator's prompt limit."""
+    """Must not be blank when set; at most the orchestrator's prompt limit."""
     model: _builtins.str
     """A model name from the models config; empty means the role's default."""
     role: _builtins.str
@@ -128,6 +134,8 @@ class JobSpec(_message.Message):
     project_id: _builtins.str
     """The memory scope; required when either memory flag is set."""
     task_id: _builtins.str
+    tool_choice: _builtins.str
+    """auto, none, required, or a tool's name; empty means auto."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """The job fails with DEADLINE_EXCEEDED when it has not ended this long
@@ -136,6 +144,18 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]:
+        """The conversation, instead of prompt. The last message is the one to
+        answer; memory context goes in as a system message before it.
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Tool]:
+        """Functions the model may call. A job with tools is routed only to targets
+        that passed the tool-call conformance probe.
+        """
+
     def __init__(
         self,
         *,
@@ -152,10 +172,13 @@ class JobSpec(_message.Message):
         task_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        messages: _abc.Iterable[_chat_pb2.ChatMessage] | None = ...,
+        tools: _abc.Iterable[_chat_pb2.Tool] | None = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_tokens", b"max_tokens", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "labels", b"labels", "max_tokens", b"max_tokens", "model", b"model", "priority", b"priority", "project_id", b"project_id", "prompt", b"prompt", "role", b"role", "seed", b"seed", "store_in_memory", b"store_in_memory", "task_id", b"task_id", "temperature", b"temperature", "timeout", b"timeout", "use_memory_context", b"use_memory_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "labels", b"labels", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "priority", b"priority", "project_id", b"project_id", "prompt", b"prompt", "role", b"role", "seed", b"seed", "store_in_memory", b"store_in_memory", "task_id", b"task_id", "temperature", b"temperature", "timeout", b"timeout", "tool_choice", b"tool_choice", "tools", b"tools", "use_memory_context", b"use_memory_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -180,6 +203,7 @@ class RunRecord(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     CONTEXT_MEMORY_IDS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     output_tokens: _builtins.int
     decode_tokens_per_second: _builtins.float
@@ -188,6 +212,8 @@ class RunRecord(_message.Message):
     model: _builtins.str
     engine: _builtins.str
     trace_id: _builtins.str
+    finish_reason: _builtins.str
+    """STOP, LENGTH or TOOL_CALLS, as the engine reported it."""
     @_builtins.property
     def queue_wait(self) -> _duration_pb2.Duration:
         """From submission to start on a worker."""
@@ -216,10 +242,11 @@ class RunRecord(_message.Message):
         engine: _builtins.str = ...,
         trace_id: _builtins.str = ...,
         context_memory_ids: _abc.Iterable[_builtins.str] | None = ...,
+        finish_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["queue_wait", b"queue_wait", "time_to_first_token", b"time_to_first_token", "total_duration", b"total_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_memory_ids", b"context_memory_ids", "decode_tokens_per_second", b"decode_tokens_per_second", "engine", b"engine", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "queue_wait", b"queue_wait", "time_to_first_token", b"time_to_first_token", "total_duration", b"total_duration", "trace_id", b"trace_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_memory_ids", b"context_memory_ids", "decode_tokens_per_second", b"decode_tokens_per_second", "engine", b"engine", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "queue_wait", b"queue_wait", "time_to_first_token", b"time_to_first_token", "total_duration", b"total_duration", "trace_id", b"trace_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +269,7 @@ class Job(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     ROUTING_REPORT_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     request_id: _builtins.str
@@ -267,6 +295,10 @@ class Job(_message.Message):
 
     @_builtins.property
     def routing_report(self) -> _router_pb2.RoutingReport: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.ToolCall]:
+        """The tool calls the model made (finish reason TOOL_CALLS)."""
+
     def __init__(
         self,
         *,
@@ -283,10 +315,11 @@ class Job(_message.Message):
         run: Global___RunRecord | None = ...,
         routing_report: _router_pb2.RoutingReport | None = ...,
         last_sequence: _builtins.int = ...,
+        tool_calls: _abc.Iterable[_chat_pb2.ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "routing_report", b"routing_report", "run", b"run", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_message", b"end_message", "end_reason", b"end_reason", "end_time", b"end_time", "job_id", b"job_id", "last_sequence", b"last_sequence", "output", b"output", "request_id", b"request_id", "routing_report", b"routing_report", "run", b"run", "spec", b"spec", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_message", b"end_message", "end_reason", b"end_reason", "end_time", b"end_time", "job_id", b"job_id", "last_sequence", b"last_sequence", "output", b"output", "request_id", b"request_id", "routing_report", b"routing_report", "run", b"run", "spec", b"spec", "start_time", b"start_time", "state", b"state", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

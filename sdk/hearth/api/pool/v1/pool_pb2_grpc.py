@@ -56,6 +56,16 @@ class PoolServiceStub:
                 request_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/hearth.api.pool.v1.PoolService/LoadModel',
+                request_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/hearth.api.pool.v1.PoolService/UnloadModel',
+                request_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -64,10 +74,13 @@ class PoolServiceServicer:
     """
 
     def Place(self, request, context):
-        """Place picks a live, ready worker that serves the model and has free
+        """Place picks a live, ready worker that has the model loaded and free
         capacity, least loaded first, and returns a lease on one of its slots.
-        Errors: MODEL_NOT_FOUND (no live worker serves the model, NOT_FOUND),
-        NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED).
+        Errors: MODEL_NOT_FOUND (no live worker serves or can load the model,
+        NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
+        MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
+        metadata): no worker has the model loaded, and the pool has started
+        loading it on one that can.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +101,24 @@ class PoolServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Drain(self, request, context):
-        """Drain stops placing new jobs on a worker; running ones finish.
+        """Drain stops placing new jobs on a worker and tells the worker to take no
+        new generations; running ones finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """LoadModel loads a model on a worker (the given one, or the pool's choice
+        among those that can load it) and returns once it serves. Errors as
+        WorkerService.LoadModel, and MODEL_NOT_FOUND when no worker can load it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel unloads a model from a worker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +146,16 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainRequest.FromString,
                     response_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +268,60 @@ class PoolService:
             '/hearth.api.pool.v1.PoolService/Drain',
             hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainRequest.SerializeToString,
             hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.pool.v1.PoolService/LoadModel',
+            hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelRequest.SerializeToString,
+            hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.pool.v1.PoolService/UnloadModel',
+            hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelRequest.SerializeToString,
+            hearth_dot_api_dot_pool_dot_v1_dot_pool__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,17 +36,29 @@ class PoolServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PoolServiceAsyncStub: ...
     Place: _grpc.UnaryUnaryMultiCallable[_pool_pb2.PlaceRequest, _pool_pb2.PlaceResponse]
-    """Place picks a live, ready worker that serves the model and has free
+    """Place picks a live, ready worker that has the model loaded and free
     capacity, least loaded first, and returns a lease on one of its slots.
-    Errors: MODEL_NOT_FOUND (no live worker serves the model, NOT_FOUND),
-    NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED).
+    Errors: MODEL_NOT_FOUND (no live worker serves or can load the model,
+    NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
+    MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
+    metadata): no worker has the model loaded, and the pool has started
+    loading it on one that can.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ReleaseRequest, _pool_pb2.ReleaseResponse]
     """Release frees a lease's slot. Releasing twice is not an error."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListWorkersRequest, _pool_pb2.ListWorkersResponse]
     """ListWorkers lists live workers, ordered by worker_id."""
     Drain: _grpc.UnaryUnaryMultiCallable[_pool_pb2.DrainRequest, _pool_pb2.DrainResponse]
-    """Drain stops placing new jobs on a worker; running ones finish."""
+    """Drain stops placing new jobs on a worker and tells the worker to take no
+    new generations; running ones finish.
+    """
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_pool_pb2.LoadModelRequest, _pool_pb2.LoadModelResponse]
+    """LoadModel loads a model on a worker (the given one, or the pool's choice
+    among those that can load it) and returns once it serves. Errors as
+    WorkerService.LoadModel, and MODEL_NOT_FOUND when no worker can load it.
+    """
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_pool_pb2.UnloadModelRequest, _pool_pb2.UnloadModelResponse]
+    """UnloadModel unloads a model from a worker."""
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -56,17 +68,29 @@ class PoolServiceAsyncStub(PoolServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Place: _aio.UnaryUnaryMultiCallable[_pool_pb2.PlaceRequest, _pool_pb2.PlaceResponse]  # type: ignore[assignment]
-    """Place picks a live, ready worker that serves the model and has free
+    """Place picks a live, ready worker that has the model loaded and free
     capacity, least loaded first, and returns a lease on one of its slots.
-    Errors: MODEL_NOT_FOUND (no live worker serves the model, NOT_FOUND),
-    NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED).
+    Errors: MODEL_NOT_FOUND (no live worker serves or can load the model,
+    NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
+    MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
+    metadata): no worker has the model loaded, and the pool has started
+    loading it on one that can.
     """
     Release: _aio.UnaryUnaryMultiCallable[_pool_pb2.ReleaseRequest, _pool_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Release frees a lease's slot. Releasing twice is not an error."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListWorkersRequest, _pool_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """ListWorkers lists live workers, ordered by worker_id."""
     Drain: _aio.UnaryUnaryMultiCallable[_pool_pb2.DrainRequest, _pool_pb2.DrainResponse]  # type: ignore[assignment]
-    """Drain stops placing new jobs on a worker; running ones finish."""
+    """Drain stops placing new jobs on a worker and tells the worker to take no
+    new generations; running ones finish.
+    """
+    LoadModel: _aio.UnaryUnaryMultiCallable[_pool_pb2.LoadModelRequest, _pool_pb2.LoadModelResponse]  # type: ignore[assignment]
+    """LoadModel loads a model on a worker (the given one, or the pool's choice
+    among those that can load it) and returns once it serves. Errors as
+    WorkerService.LoadModel, and MODEL_NOT_FOUND when no worker can load it.
+    """
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_pool_pb2.UnloadModelRequest, _pool_pb2.UnloadModelResponse]  # type: ignore[assignment]
+    """UnloadModel unloads a model from a worker."""
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     """PoolService is the live view of workers (built from their NATS heartbeats)
@@ -79,10 +103,13 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.PlaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.PlaceResponse, _abc.Awaitable[_pool_pb2.PlaceResponse]]:
-        """Place picks a live, ready worker that serves the model and has free
+        """Place picks a live, ready worker that has the model loaded and free
         capacity, least loaded first, and returns a lease on one of its slots.
-        Errors: MODEL_NOT_FOUND (no live worker serves the model, NOT_FOUND),
-        NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED).
+        Errors: MODEL_NOT_FOUND (no live worker serves or can load the model,
+        NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
+        MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
+        metadata): no worker has the model loaded, and the pool has started
+        loading it on one that can.
         """
 
     @_abc_1.abstractmethod
@@ -107,6 +134,27 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.DrainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.DrainResponse, _abc.Awaitable[_pool_pb2.DrainResponse]]:
-        """Drain stops placing new jobs on a worker; running ones finish."""
+        """Drain stops placing new jobs on a worker and tells the worker to take no
+        new generations; running ones finish.
+        """
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _pool_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.LoadModelResponse, _abc.Awaitable[_pool_pb2.LoadModelResponse]]:
+        """LoadModel loads a model on a worker (the given one, or the pool's choice
+        among those that can load it) and returns once it serves. Errors as
+        WorkerService.LoadModel, and MODEL_NOT_FOUND when no worker can load it.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _pool_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.UnloadModelResponse, _abc.Awaitable[_pool_pb2.UnloadModelResponse]]:
+        """UnloadModel unloads a model from a worker."""
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,23 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/router/v1/router.proto\x12\x14hearth.api.router.v1\"f\n\x0cRouteRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\"S\n\rRouteResponse\x12\r\n\x05\x63hain\x18\x01 \x03(\t\x12\x33\n\x06report\x18\x02 \x01(\x0b\x32#.hearth.api.router.v1.RoutingReport\"\xa7\x01\n\rRoutingReport\x12\x16\n\x0eschema_version\x18\x01 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x15\n\rchosen_target\x18\x03 \x01(\t\x12\x38\n\ncandidates\x18\x04 \x03(\x0b\x32$.hearth.api.router.v1.RouteCandidate\x12\x15\n\rmatched_rules\x18\x05 \x03(\t\"R\n\x0eRouteCandidate\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08selected\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t2a\n\rRouterService\x12P\n\x05Route\x12\".hearth.api.router.v1.RouteRequest\x1a#.hearth.api.router.v1.RouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/router/v1/router.proto\x12\x14hearth.api.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x0cRouteRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0bneeds_tools\x18\x06 \x01(\x08\"S\n\rRouteResponse\x12\r\n\x05\x63hain\x18\x01 \x03(\t\x12\x33\n\x06report\x18\x02 \x01(\x0b\x32#.hearth.api.router.v1.RoutingReport\"\xa7\x01\n\rRoutingReport\x12\x16\n\x0eschema_version\x18\x01 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x15\n\rchosen_target\x18\x03 \x01(\t\x12\x38\n\ncandidates\x18\x04 \x03(\x0b\x32$.hearth.api.router.v1.RouteCandidate\x12\x15\n\rmatched_rules\x18\x05 \x03(\t\"R\n\x0eRouteCandidate\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08selected\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"@\n\x10\x43onformanceCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x7f\n\x0b\x43onformance\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x36\n\x06\x63hecks\x18\x02 \x03(\x0b\x32&.hearth.api.router.v1.ConformanceCheck\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x06Target\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\r\n\x05roles\x18\x04 \x03(\t\x12\x0e\n\x06remote\x18\x05 \x01(\x08\x12\x16\n\x0esupports_tools\x18\x06 \x01(\x08\x12\x36\n\x0b\x63onformance\x18\x07 \x01(\x0b\x32!.hearth.api.router.v1.Conformance\"\x14\n\x12ListTargetsRequest\"D\n\x13ListTargetsResponse\x12-\n\x07targets\x18\x01 \x03(\x0b\x32\x1c.hearth.api.router.v1.Target\"b\n\x18RecordConformanceRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x36\n\x06\x63hecks\x18\x02 \x03(\x0b\x32&.hearth.api.router.v1.ConformanceCheck\"I\n\x19RecordConformanceResponse\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.hearth.api.router.v1.Target2\xbb\x02\n\rRouterService\x12P\n\x05Route\x12\".hearth.api.router.v1.RouteRequest\x1a#.hearth.api.router.v1.RouteResponse\x12\x62\n\x0bListTargets\x12(.hearth.api.router.v1.ListTargetsRequest\x1a).hearth.api.router.v1.ListTargetsResponse\x12t\n\x11RecordConformance\x12..hearth.api.router.v1.RecordConformanceRequest\x1a/.hearth.api.router.v1.RecordConformanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hearth.api.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTEREQUEST']._serialized_start=59
-  _globals['_ROUTEREQUEST']._serialized_end=161
-  _globals['_ROUTERESPONSE']._serialized_start=163
-  _globals['_ROUTERESPONSE']._serialized_end=246
-  _globals['_ROUTINGREPORT']._serialized_start=249
-  _globals['_ROUTINGREPORT']._serialized_end=416
-  _globals['_ROUTECANDIDATE']._serialized_start=418
-  _globals['_ROUTECANDIDATE']._serialized_end=500
-  _globals['_ROUTERSERVICE']._serialized_start=502
-  _globals['_ROUTERSERVICE']._serialized_end=599
+  _globals['_ROUTEREQUEST']._serialized_start=92
+  _globals['_ROUTEREQUEST']._serialized_end=215
+  _globals['_ROUTERESPONSE']._serialized_start=217
+  _globals['_ROUTERESPONSE']._serialized_end=300
+  _globals['_ROUTINGREPORT']._serialized_start=303
+  _globals['_ROUTINGREPORT']._serialized_end=470
+  _globals['_ROUTECANDIDATE']._serialized_start=472
+  _globals['_ROUTECANDIDATE']._serialized_end=554
+  _globals['_CONFORMANCECHECK']._serialized_start=556
+  _globals['_CONFORMANCECHECK']._serialized_end=620
+  _globals['_CONFORMANCE']._serialized_start=622
+  _globals['_CONFORMANCE']._serialized_end=749
+  _globals['_TARGET']._serialized_start=752
+  _globals['_TARGET']._serialized_end=925
+  _globals['_LISTTARGETSREQUEST']._serialized_start=927
+  _globals['_LISTTARGETSREQUEST']._serialized_end=947
+  _globals['_LISTTARGETSRESPONSE']._serialized_start=949
+  _globals['_LISTTARGETSRESPONSE']._serialized_end=1017
+  _globals['_RECORDCONFORMANCEREQUEST']._serialized_start=1019
+  _globals['_RECORDCONFORMANCEREQUEST']._serialized_end=1117
+  _globals['_RECORDCONFORMANCERESPONSE']._serialized_start=1119
+  _globals['_RECORDCONFORMANCERESPONSE']._serialized_end=1192
+  _globals['_ROUTERSERVICE']._serialized_start=1195
+  _globals['_ROUTERSERVICE']._serialized_end=1510
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -29,6 +30,7 @@ class RouteRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    NEEDS_TOOLS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model: _builtins.str
     """The model the job names; empty means "the default for the role"."""
@@ -39,6 +41,10 @@ class RouteRequest(_message.Message):
     prompt_tokens: _builtins.int
     """Tokens in the prompt plus context, as estimated by the caller."""
     max_tokens: _builtins.int
+    needs_tools: _builtins.bool
+    """The job offers tools: only targets that passed the tool-call
+    conformance probe may run it.
+    """
     def __init__(
         self,
         *,
@@ -47,10 +53,11 @@ class RouteRequest(_message.Message):
         role: _builtins.str = ...,
         prompt_tokens: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
+        needs_tools: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "max_tokens", b"max_tokens", "model", b"model", "prompt_tokens", b"prompt_tokens", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "max_tokens", b"max_tokens", "model", b"model", "needs_tools", b"needs_tools", "prompt_tokens", b"prompt_tokens", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,3 +158,187 @@ class RouteCandidate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteCandidate: _TypeAlias = RouteCandidate  # noqa: Y015
+
+@_typing.final
+class ConformanceCheck(_message.Message):
+    """One check of the tool-call conformance suite."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A stable name: TOOL_CALL_MADE, ARGUMENTS_PARSE, ARGUMENTS_MATCH_SCHEMA,
+    STREAM_ASSEMBLES.
+    """
+    passed: _builtins.bool
+    detail: _builtins.str
+    """What was seen, for people."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "name", b"name", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConformanceCheck: _TypeAlias = ConformanceCheck  # noqa: Y015
+
+@_typing.final
+class Conformance(_message.Message):
+    """The latest conformance result of a target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    """True when every check passed."""
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConformanceCheck]: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        checks: _abc.Iterable[Global___ConformanceCheck] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "passed", b"passed", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Conformance: _TypeAlias = Conformance  # noqa: Y015
+
+@_typing.final
+class Target(_message.Message):
+    """A target of the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
+    CONFORMANCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    engine: _builtins.str
+    context_length: _builtins.int
+    remote: _builtins.bool
+    """Runs off this machine (a cloud API)."""
+    supports_tools: _builtins.bool
+    """The registry declares that it makes tool calls."""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def conformance(self) -> Global___Conformance:
+        """The latest probe result; absent before the first probe."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        engine: _builtins.str = ...,
+        context_length: _builtins.int = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        remote: _builtins.bool = ...,
+        supports_tools: _builtins.bool = ...,
+        conformance: Global___Conformance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conformance", b"conformance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conformance", b"conformance", "context_length", b"context_length", "engine", b"engine", "name", b"name", "remote", b"remote", "roles", b"roles", "supports_tools", b"supports_tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Target: _TypeAlias = Target  # noqa: Y015
+
+@_typing.final
+class ListTargetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTargetsRequest: _TypeAlias = ListTargetsRequest  # noqa: Y015
+
+@_typing.final
+class ListTargetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Target]: ...
+    def __init__(
+        self,
+        *,
+        targets: _abc.Iterable[Global___Target] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTargetsResponse: _TypeAlias = ListTargetsResponse  # noqa: Y015
+
+@_typing.final
+class RecordConformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConformanceCheck]: ...
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        checks: _abc.Iterable[Global___ConformanceCheck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConformanceRequest: _TypeAlias = RecordConformanceRequest  # noqa: Y015
+
+@_typing.final
+class RecordConformanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    def __init__(
+        self,
+        *,
+        target: Global___Target | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConformanceResponse: _TypeAlias = RecordConformanceResponse  # noqa: Y015

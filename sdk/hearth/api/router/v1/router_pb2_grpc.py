@@ -40,6 +40,16 @@ class RouterServiceStub:
                 request_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteResponse.FromString,
                 _registered_method=True)
+        self.ListTargets = channel.unary_unary(
+                '/hearth.api.router.v1.RouterService/ListTargets',
+                request_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsResponse.FromString,
+                _registered_method=True)
+        self.RecordConformance = channel.unary_unary(
+                '/hearth.api.router.v1.RouterService/RecordConformance',
+                request_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -55,6 +65,23 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTargets(self, request, context):
+        """ListTargets lists the targets in the registry with their latest
+        tool-call conformance result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConformance(self, request, context):
+        """RecordConformance stores the result of a tool-call conformance probe of
+        a target (hearth probe). Jobs that offer tools are routed only to
+        targets whose latest result passed. Errors: MODEL_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +89,16 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteRequest.FromString,
                     response_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteResponse.SerializeToString,
+            ),
+            'ListTargets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTargets,
+                    request_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsResponse.SerializeToString,
+            ),
+            'RecordConformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConformance,
+                    request_deserializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +129,60 @@ class RouterService:
             '/hearth.api.router.v1.RouterService/Route',
             hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteRequest.SerializeToString,
             hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.router.v1.RouterService/ListTargets',
+            hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsRequest.SerializeToString,
+            hearth_dot_api_dot_router_dot_v1_dot_router__pb2.ListTargetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.router.v1.RouterService/RecordConformance',
+            hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceRequest.SerializeToString,
+            hearth_dot_api_dot_router_dot_v1_dot_router__pb2.RecordConformanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

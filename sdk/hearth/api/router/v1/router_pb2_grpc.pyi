@@ -38,6 +38,15 @@ class RouterServiceStub:
     are fallbacks) and the routing report. Errors: MODEL_NOT_FOUND
     (NOT_FOUND) when the job names a model no target serves.
     """
+    ListTargets: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListTargetsRequest, _router_pb2.ListTargetsResponse]
+    """ListTargets lists the targets in the registry with their latest
+    tool-call conformance result.
+    """
+    RecordConformance: _grpc.UnaryUnaryMultiCallable[_router_pb2.RecordConformanceRequest, _router_pb2.RecordConformanceResponse]
+    """RecordConformance stores the result of a tool-call conformance probe of
+    a target (hearth probe). Jobs that offer tools are routed only to
+    targets whose latest result passed. Errors: MODEL_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -48,6 +57,15 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """Route returns an ordered chain of targets (the first is chosen, the rest
     are fallbacks) and the routing report. Errors: MODEL_NOT_FOUND
     (NOT_FOUND) when the job names a model no target serves.
+    """
+    ListTargets: _aio.UnaryUnaryMultiCallable[_router_pb2.ListTargetsRequest, _router_pb2.ListTargetsResponse]  # type: ignore[assignment]
+    """ListTargets lists the targets in the registry with their latest
+    tool-call conformance result.
+    """
+    RecordConformance: _aio.UnaryUnaryMultiCallable[_router_pb2.RecordConformanceRequest, _router_pb2.RecordConformanceResponse]  # type: ignore[assignment]
+    """RecordConformance stores the result of a tool-call conformance probe of
+    a target (hearth probe). Jobs that offer tools are routed only to
+    targets whose latest result passed. Errors: MODEL_NOT_FOUND.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +80,27 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         """Route returns an ordered chain of targets (the first is chosen, the rest
         are fallbacks) and the routing report. Errors: MODEL_NOT_FOUND
         (NOT_FOUND) when the job names a model no target serves.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTargets(
+        self,
+        request: _router_pb2.ListTargetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ListTargetsResponse, _abc.Awaitable[_router_pb2.ListTargetsResponse]]:
+        """ListTargets lists the targets in the registry with their latest
+        tool-call conformance result.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordConformance(
+        self,
+        request: _router_pb2.RecordConformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.RecordConformanceResponse, _abc.Awaitable[_router_pb2.RecordConformanceResponse]]:
+        """RecordConformance stores the result of a tool-call conformance probe of
+        a target (hearth probe). Jobs that offer tools are routed only to
+        targets whose latest result passed. Errors: MODEL_NOT_FOUND.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

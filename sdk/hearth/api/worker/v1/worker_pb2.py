@@ -23,45 +23,62 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from hearth.api.chat.v1 import chat_pb2 as hearth_dot_api_dot_chat_dot_v1_dot_chat__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/worker/v1/worker.proto\x12\x14hearth.api.worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\x0fGenerateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\xc9\x01\n\x10GenerateResponse\x12:\n\x07started\x18\x01 \x01(\x0b\x32\'.hearth.api.worker.v1.GenerationStartedH\x00\x12\x32\n\x06tokens\x18\x02 \x01(\x0b\x32 .hearth.api.worker.v1.TokenChunkH\x00\x12<\n\x08\x66inished\x18\x03 \x01(\x0b\x32(.hearth.api.worker.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\")\n\x11GenerationStarted\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\"/\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"|\n\x12GenerationFinished\x12\x39\n\rfinish_reason\x18\x01 \x01(\x0e\x32\".hearth.api.worker.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\"\x1e\n\x0c\x41\x62ortRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x10\n\x0eGetInfoRequest\"C\n\x0fGetInfoResponse\x12\x30\n\x06worker\x18\x01 \x01(\x0b\x32 .hearth.api.worker.v1.WorkerInfo\"1\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\"\x89\x01\n\x07GpuInfo\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x05 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x06 \x01(\x03\"\\\n\x0bWorkerStats\x12\x16\n\x0erequests_total\x18\x01 \x01(\x03\x12\x1e\n\x16tokens_generated_total\x18\x02 \x01(\x03\x12\x15\n\raborted_total\x18\x03 \x01(\x03\"\xdb\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12/\n\x06models\x18\x04 \x03(\x0b\x32\x1f.hearth.api.worker.v1.ModelInfo\x12\x30\n\x05state\x18\x05 \x01(\x0e\x32!.hearth.api.worker.v1.WorkerState\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12*\n\x03gpu\x18\x08 \x01(\x0b\x32\x1d.hearth.api.worker.v1.GpuInfo\x12\x30\n\x05stats\x18\t \x01(\x0b\x32!.hearth.api.worker.v1.WorkerStats\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03*y\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03\x32\x96\x02\n\rWorkerService\x12[\n\x08Generate\x12%.hearth.api.worker.v1.GenerateRequest\x1a&.hearth.api.worker.v1.GenerateResponse0\x01\x12P\n\x05\x41\x62ort\x12\".hearth.api.worker.v1.AbortRequest\x1a#.hearth.api.worker.v1.AbortResponse\x12V\n\x07GetInfo\x12$.hearth.api.worker.v1.GetInfoRequest\x1a%.hearth.api.worker.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hearth/api/worker/v1/worker.proto\x12\x14hearth.api.worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dhearth/api/chat/v1/chat.proto\"\xe8\x01\n\x0fGenerateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x31\n\x08messages\x18\x07 \x03(\x0b\x32\x1f.hearth.api.chat.v1.ChatMessage\x12\'\n\x05tools\x18\x08 \x03(\x0b\x32\x18.hearth.api.chat.v1.Tool\x12\x13\n\x0btool_choice\x18\t \x01(\t\"\xc9\x01\n\x10GenerateResponse\x12:\n\x07started\x18\x01 \x01(\x0b\x32\'.hearth.api.worker.v1.GenerationStartedH\x00\x12\x32\n\x06tokens\x18\x02 \x01(\x0b\x32 .hearth.api.worker.v1.TokenChunkH\x00\x12<\n\x08\x66inished\x18\x03 \x01(\x0b\x32(.hearth.api.worker.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\")\n\x11GenerationStarted\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\"f\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x35\n\ntool_calls\x18\x03 \x03(\x0b\x32!.hearth.api.chat.v1.ToolCallDelta\"\xae\x01\n\x12GenerationFinished\x12\x39\n\rfinish_reason\x18\x01 \x01(\x0e\x32\".hearth.api.worker.v1.FinishReason\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x30\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1c.hearth.api.chat.v1.ToolCall\"\x1e\n\x0c\x41\x62ortRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x10\n\x0eGetInfoRequest\"!\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"C\n\x11LoadModelResponse\x12.\n\x05model\x18\x01 \x01(\x0b\x32\x1f.hearth.api.worker.v1.ModelInfo\"2\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"E\n\x13UnloadModelResponse\x12.\n\x05model\x18\x01 \x01(\x0b\x32\x1f.hearth.api.worker.v1.ModelInfo\"\x0e\n\x0c\x44rainRequest\"A\n\rDrainResponse\x12\x30\n\x06worker\x18\x01 \x01(\x0b\x32 .hearth.api.worker.v1.WorkerInfo\"C\n\x0fGetInfoResponse\x12\x30\n\x06worker\x18\x01 \x01(\x0b\x32 .hearth.api.worker.v1.WorkerInfo\"\xd5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .hearth.api.worker.v1.ModelState\x12\x1b\n\x13vram_estimate_bytes\x18\x04 \x01(\x03\x12\x1d\n\x15load_estimate_seconds\x18\x05 \x01(\x02\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x16\n\x0esupports_tools\x18\x07 \x01(\x08\x12\x0e\n\x06remote\x18\x08 \x01(\x08\"\x89\x01\n\x07GpuInfo\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x05 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x06 \x01(\x03\"\\\n\x0bWorkerStats\x12\x16\n\x0erequests_total\x18\x01 \x01(\x03\x12\x1e\n\x16tokens_generated_total\x18\x02 \x01(\x03\x12\x15\n\raborted_total\x18\x03 \x01(\x03\"\x8b\x03\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12/\n\x06models\x18\x04 \x03(\x0b\x32\x1f.hearth.api.worker.v1.ModelInfo\x12\x30\n\x05state\x18\x05 \x01(\x0e\x32!.hearth.api.worker.v1.WorkerState\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12*\n\x03gpu\x18\x08 \x01(\x0b\x32\x1d.hearth.api.worker.v1.GpuInfo\x12\x30\n\x05stats\x18\t \x01(\x0b\x32!.hearth.api.worker.v1.WorkerStats\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x04load\x18\x0b \x01(\x0b\x32 .hearth.api.worker.v1.EngineLoad\"^\n\nEngineLoad\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x1b\n\x0ekv_cache_usage\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_kv_cache_usage*\x98\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04*y\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03*\xa7\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x16\n\x12MODEL_STATE_LOADED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x32\xaa\x04\n\rWorkerService\x12[\n\x08Generate\x12%.hearth.api.worker.v1.GenerateRequest\x1a&.hearth.api.worker.v1.GenerateResponse0\x01\x12P\n\x05\x41\x62ort\x12\".hearth.api.worker.v1.AbortRequest\x1a#.hearth.api.worker.v1.AbortResponse\x12V\n\x07GetInfo\x12$.hearth.api.worker.v1.GetInfoRequest\x1a%.hearth.api.worker.v1.GetInfoResponse\x12\\\n\tLoadModel\x12&.hearth.api.worker.v1.LoadModelRequest\x1a\'.hearth.api.worker.v1.LoadModelResponse\x12\x62\n\x0bUnloadModel\x12(.hearth.api.worker.v1.UnloadModelRequest\x1a).hearth.api.worker.v1.UnloadModelResponse\x12P\n\x05\x44rain\x12\".hearth.api.worker.v1.DrainRequest\x1a#.hearth.api.worker.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hearth.api.worker.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1423
-  _globals['_FINISHREASON']._serialized_end=1545
-  _globals['_WORKERSTATE']._serialized_start=1547
-  _globals['_WORKERSTATE']._serialized_end=1668
-  _globals['_GENERATEREQUEST']._serialized_start=92
-  _globals['_GENERATEREQUEST']._serialized_end=211
-  _globals['_GENERATERESPONSE']._serialized_start=214
-  _globals['_GENERATERESPONSE']._serialized_end=415
-  _globals['_GENERATIONSTARTED']._serialized_start=417
-  _globals['_GENERATIONSTARTED']._serialized_end=458
-  _globals['_TOKENCHUNK']._serialized_start=460
-  _globals['_TOKENCHUNK']._serialized_end=507
-  _globals['_GENERATIONFINISHED']._serialized_start=509
-  _globals['_GENERATIONFINISHED']._serialized_end=633
-  _globals['_ABORTREQUEST']._serialized_start=635
-  _globals['_ABORTREQUEST']._serialized_end=665
-  _globals['_ABORTRESPONSE']._serialized_start=667
-  _globals['_ABORTRESPONSE']._serialized_end=699
-  _globals['_GETINFOREQUEST']._serialized_start=701
-  _globals['_GETINFOREQUEST']._serialized_end=717
-  _globals['_GETINFORESPONSE']._serialized_start=719
-  _globals['_GETINFORESPONSE']._serialized_end=786
-  _globals['_MODELINFO']._serialized_start=788
-  _globals['_MODELINFO']._serialized_end=837
-  _globals['_GPUINFO']._serialized_start=840
-  _globals['_GPUINFO']._serialized_end=977
-  _globals['_WORKERSTATS']._serialized_start=979
-  _globals['_WORKERSTATS']._serialized_end=1071
-  _globals['_WORKERINFO']._serialized_start=1074
-  _globals['_WORKERINFO']._serialized_end=1421
-  _globals['_WORKERSERVICE']._serialized_start=1671
-  _globals['_WORKERSERVICE']._serialized_end=1949
+  _globals['_FINISHREASON']._serialized_start=2294
+  _globals['_FINISHREASON']._serialized_end=2446
+  _globals['_WORKERSTATE']._serialized_start=2448
+  _globals['_WORKERSTATE']._serialized_end=2569
+  _globals['_MODELSTATE']._serialized_start=2572
+  _globals['_MODELSTATE']._serialized_end=2739
+  _globals['_GENERATEREQUEST']._serialized_start=124
+  _globals['_GENERATEREQUEST']._serialized_end=356
+  _globals['_GENERATERESPONSE']._serialized_start=359
+  _globals['_GENERATERESPONSE']._serialized_end=560
+  _globals['_GENERATIONSTARTED']._serialized_start=562
+  _globals['_GENERATIONSTARTED']._serialized_end=603
+  _globals['_TOKENCHUNK']._serialized_start=605
+  _globals['_TOKENCHUNK']._serialized_end=707
+  _globals['_GENERATIONFINISHED']._serialized_start=710
+  _globals['_GENERATIONFINISHED']._serialized_end=884
+  _globals['_ABORTREQUEST']._serialized_start=886
+  _globals['_ABORTREQUEST']._serialized_end=916
+  _globals['_ABORTRESPONSE']._serialized_start=918
+  _globals['_ABORTRESPONSE']._serialized_end=950
+  _globals['_GETINFOREQUEST']._serialized_start=952
+  _globals['_GETINFOREQUEST']._serialized_end=968
+  _globals['_LOADMODELREQUEST']._serialized_start=970
+  _globals['_LOADMODELREQUEST']._serialized_end=1003
+  _globals['_LOADMODELRESPONSE']._serialized_start=1005
+  _globals['_LOADMODELRESPONSE']._serialized_end=1072
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1074
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1124
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1126
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1195
+  _globals['_DRAINREQUEST']._serialized_start=1197
+  _globals['_DRAINREQUEST']._serialized_end=1211
+  _globals['_DRAINRESPONSE']._serialized_start=1213
+  _globals['_DRAINRESPONSE']._serialized_end=1278
+  _globals['_GETINFORESPONSE']._serialized_start=1280
+  _globals['_GETINFORESPONSE']._serialized_end=1347
+  _globals['_MODELINFO']._serialized_start=1350
+  _globals['_MODELINFO']._serialized_end=1563
+  _globals['_GPUINFO']._serialized_start=1566
+  _globals['_GPUINFO']._serialized_end=1703
+  _globals['_WORKERSTATS']._serialized_start=1705
+  _globals['_WORKERSTATS']._serialized_end=1797
+  _globals['_WORKERINFO']._serialized_start=1800
+  _globals['_WORKERINFO']._serialized_end=2195
+  _globals['_ENGINELOAD']._serialized_start=2197
+  _globals['_ENGINELOAD']._serialized_end=2291
+  _globals['_WORKERSERVICE']._serialized_start=2742
+  _globals['_WORKERSERVICE']._serialized_end=3296
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hearth.api.chat.v1 import chat_pb2 as _chat_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -33,6 +34,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """max_tokens was reached."""
     FINISH_REASON_ABORTED: _FinishReason.ValueType  # 3
     """Abort was called or the client went away."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
+    """The model stopped to call tools (see GenerationFinished.tool_calls)."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper): ...
 
@@ -43,6 +46,8 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """max_tokens was reached."""
 FINISH_REASON_ABORTED: FinishReason.ValueType  # 3
 """Abort was called or the client went away."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
+"""The model stopped to call tools (see GenerationFinished.tool_calls)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _WorkerState:
@@ -70,6 +75,35 @@ WORKER_STATE_DRAINING: WorkerState.ValueType  # 3
 """Finishing running requests; takes no new ones."""
 Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    MODEL_STATE_UNLOADED: _ModelState.ValueType  # 1
+    """Known to the worker, not in memory; LoadModel (or a job) loads it."""
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 2
+    MODEL_STATE_LOADED: _ModelState.ValueType  # 3
+    """In memory and serving."""
+    MODEL_STATE_UNLOADING: _ModelState.ValueType  # 4
+    MODEL_STATE_FAILED: _ModelState.ValueType  # 5
+    """The last load failed (see ModelInfo.error)."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper): ...
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+MODEL_STATE_UNLOADED: ModelState.ValueType  # 1
+"""Known to the worker, not in memory; LoadModel (or a job) loads it."""
+MODEL_STATE_LOADING: ModelState.ValueType  # 2
+MODEL_STATE_LOADED: ModelState.ValueType  # 3
+"""In memory and serving."""
+MODEL_STATE_UNLOADING: ModelState.ValueType  # 4
+MODEL_STATE_FAILED: ModelState.ValueType  # 5
+"""The last load failed (see ModelInfo.error)."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
 @_typing.final
 class GenerateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -80,6 +114,9 @@ class GenerateRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job this generation belongs to; also the key for Abort."""
     model: _builtins.str
@@ -92,6 +129,20 @@ class GenerateRequest(_message.Message):
     """Sampling temperature; 0 means greedy decoding."""
     seed: _builtins.int
     """Seed for sampling, for reproducible runs; 0 leaves it unset."""
+    tool_choice: _builtins.str
+    """auto (the default when tools are given), none, required, or a tool's
+    name to force that tool.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]:
+        """When set, the job is a conversation: the engine renders these (with the
+        model's chat template, or sends them to a chat API) and prompt is empty.
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.Tool]:
+        """Functions the model may call."""
+
     def __init__(
         self,
         *,
@@ -101,10 +152,13 @@ class GenerateRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         temperature: _builtins.float = ...,
         seed: _builtins.int = ...,
+        messages: _abc.Iterable[_chat_pb2.ChatMessage] | None = ...,
+        tools: _abc.Iterable[_chat_pb2.Tool] | None = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "max_tokens", b"max_tokens", "model", b"model", "prompt", b"prompt", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "prompt", b"prompt", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,24 +216,28 @@ Global___GenerationStarted: _TypeAlias = GenerationStarted  # noqa: Y015
 
 @_typing.final
 class TokenChunk(_message.Message):
-    """One or more generated tokens, decoded to text."""
+    """One or more generated tokens, decoded to text, and pieces of tool calls."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     token_count: _builtins.int
     """How many tokens this chunk carries."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.ToolCallDelta]: ...
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         token_count: _builtins.int = ...,
+        tool_calls: _abc.Iterable[_chat_pb2.ToolCallDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_count", b"token_count", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -192,19 +250,25 @@ class GenerationFinished(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     input_tokens: _builtins.int
     output_tokens: _builtins.int
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_chat_pb2.ToolCall]:
+        """The complete tool calls, assembled from the streamed pieces."""
+
     def __init__(
         self,
         *,
         finish_reason: Global___FinishReason.ValueType = ...,
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
+        tool_calls: _abc.Iterable[_chat_pb2.ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,6 +329,124 @@ class GetInfoRequest(_message.Message):
 Global___GetInfoRequest: _TypeAlias = GetInfoRequest  # noqa: Y015
 
 @_typing.final
+class LoadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A loadable model of this worker (WorkerInfo.models)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelRequest: _TypeAlias = LoadModelRequest  # noqa: Y015
+
+@_typing.final
+class LoadModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelInfo: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
+
+@_typing.final
+class UnloadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    force: _builtins.bool
+    """Abort running generations of the model instead of waiting for them."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015
+
+@_typing.final
+class UnloadModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelInfo: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelResponse: _TypeAlias = UnloadModelResponse  # noqa: Y015
+
+@_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015
+
+@_typing.final
+class DrainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def worker(self) -> Global___WorkerInfo: ...
+    def __init__(
+        self,
+        *,
+        worker: Global___WorkerInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["worker", b"worker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainResponse: _TypeAlias = DrainResponse  # noqa: Y015
+
+@_typing.final
 class GetInfoResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -286,24 +468,47 @@ Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):
-    """A model a worker serves."""
+    """A model a worker serves or can load."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VRAM_ESTIMATE_BYTES_FIELD_NUMBER: _builtins.int
+    LOAD_ESTIMATE_SECONDS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     context_length: _builtins.int
     """Longest prompt plus completion, in tokens."""
+    state: Global___ModelState.ValueType
+    vram_estimate_bytes: _builtins.int
+    """Estimated GPU memory to load it, in bytes (0: unknown or not on a GPU)."""
+    load_estimate_seconds: _builtins.float
+    """Estimated seconds a load takes (from the last load, or the size)."""
+    error: _builtins.str
+    """Why the last load failed, when state is FAILED."""
+    supports_tools: _builtins.bool
+    """Whether the engine can make tool calls with this model."""
+    remote: _builtins.bool
+    """Whether the model runs on a remote API rather than local hardware."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         context_length: _builtins.int = ...,
+        state: Global___ModelState.ValueType = ...,
+        vram_estimate_bytes: _builtins.int = ...,
+        load_estimate_seconds: _builtins.float = ...,
+        error: _builtins.str = ...,
+        supports_tools: _builtins.bool = ...,
+        remote: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "error", b"error", "load_estimate_seconds", b"load_estimate_seconds", "name", b"name", "remote", b"remote", "state", b"state", "supports_tools", b"supports_tools", "vram_estimate_bytes", b"vram_estimate_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,11 +597,12 @@ class WorkerInfo(_message.Message):
     GPU_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """host:port of its WorkerService."""
     engine: _builtins.str
-    """The engine kind: transformers, sim, vllm, openai."""
+    """The engine kind: transformers, sim, vllm, openai, anthropic, cli."""
     state: Global___WorkerState.ValueType
     max_concurrency: _builtins.int
     """Most generations the worker runs at once."""
@@ -410,6 +616,10 @@ class WorkerInfo(_message.Message):
     def stats(self) -> Global___WorkerStats: ...
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def load(self) -> Global___EngineLoad:
+        """The engine's load, where it reports one."""
+
     def __init__(
         self,
         *,
@@ -423,11 +633,44 @@ class WorkerInfo(_message.Message):
         gpu: Global___GpuInfo | None = ...,
         stats: Global___WorkerStats | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        load: Global___EngineLoad | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "start_time", b"start_time", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "load", b"load", "start_time", b"start_time", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "engine", b"engine", "gpu", b"gpu", "max_concurrency", b"max_concurrency", "models", b"models", "running", b"running", "start_time", b"start_time", "state", b"state", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "engine", b"engine", "gpu", b"gpu", "load", b"load", "max_concurrency", b"max_concurrency", "models", b"models", "running", b"running", "start_time", b"start_time", "state", b"state", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class EngineLoad(_message.Message):
+    """What an engine says about its load (vLLM: from its /metrics)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNING_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    KV_CACHE_USAGE_FIELD_NUMBER: _builtins.int
+    running: _builtins.int
+    """Requests being generated now."""
+    waiting: _builtins.int
+    """Requests accepted and waiting for a batch slot."""
+    kv_cache_usage: _builtins.float
+    """Fraction 0..1 of the KV cache in use; absent where the engine does not say."""
+    def __init__(
+        self,
+        *,
+        running: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        kv_cache_usage: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kv_cache_usage", b"_kv_cache_usage", "kv_cache_usage", b"kv_cache_usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_cache_usage", b"_kv_cache_usage", "kv_cache_usage", b"kv_cache_usage", "running", b"running", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__kv_cache_usage: _TypeAlias = _typing.Literal["kv_cache_usage"]  # noqa: Y015
+    _WhichOneofArgType__kv_cache_usage: _TypeAlias = _typing.Literal["_kv_cache_usage", b"_kv_cache_usage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kv_cache_usage) -> _WhichOneofReturnType__kv_cache_usage | None: ...
+
+Global___EngineLoad: _TypeAlias = EngineLoad  # noqa: Y015

@@ -51,6 +51,21 @@ class WorkerServiceStub:
                 request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/hearth.api.worker.v1.WorkerService/LoadModel',
+                request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/hearth.api.worker.v1.WorkerService/UnloadModel',
+                request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/hearth.api.worker.v1.WorkerService/Drain',
+                request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -83,6 +98,33 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """LoadModel loads one of the worker's loadable models and returns once it
+        serves (or fails). Loading a loaded model is not an error. Errors:
+        MODEL_NOT_FOUND (not loadable here), INSUFFICIENT_VRAM (the preflight
+        estimate exceeds the free GPU memory; the numbers in metadata),
+        ENGINE_ERROR (the engine failed to start).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel stops serving a model and frees its memory. Running
+        generations of the model finish first (or, with force, are aborted).
+        Unloading an unloaded model is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Drain stops the worker taking new generations; running ones finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +142,21 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.FromString,
                     response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +242,87 @@ class WorkerService:
             '/hearth.api.worker.v1.WorkerService/GetInfo',
             hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.SerializeToString,
             hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.worker.v1.WorkerService/LoadModel',
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelRequest.SerializeToString,
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.worker.v1.WorkerService/UnloadModel',
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelRequest.SerializeToString,
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.worker.v1.WorkerService/Drain',
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

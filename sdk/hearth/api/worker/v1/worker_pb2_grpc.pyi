@@ -47,6 +47,20 @@ class WorkerServiceStub:
     """
     GetInfo: _grpc.UnaryUnaryMultiCallable[_worker_pb2.GetInfoRequest, _worker_pb2.GetInfoResponse]
     """GetInfo describes the worker: its engine, models, capacity and device."""
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.LoadModelRequest, _worker_pb2.LoadModelResponse]
+    """LoadModel loads one of the worker's loadable models and returns once it
+    serves (or fails). Loading a loaded model is not an error. Errors:
+    MODEL_NOT_FOUND (not loadable here), INSUFFICIENT_VRAM (the preflight
+    estimate exceeds the free GPU memory; the numbers in metadata),
+    ENGINE_ERROR (the engine failed to start).
+    """
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.UnloadModelRequest, _worker_pb2.UnloadModelResponse]
+    """UnloadModel stops serving a model and frees its memory. Running
+    generations of the model finish first (or, with force, are aborted).
+    Unloading an unloaded model is not an error.
+    """
+    Drain: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DrainRequest, _worker_pb2.DrainResponse]
+    """Drain stops the worker taking new generations; running ones finish."""
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -67,6 +81,20 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """
     GetInfo: _aio.UnaryUnaryMultiCallable[_worker_pb2.GetInfoRequest, _worker_pb2.GetInfoResponse]  # type: ignore[assignment]
     """GetInfo describes the worker: its engine, models, capacity and device."""
+    LoadModel: _aio.UnaryUnaryMultiCallable[_worker_pb2.LoadModelRequest, _worker_pb2.LoadModelResponse]  # type: ignore[assignment]
+    """LoadModel loads one of the worker's loadable models and returns once it
+    serves (or fails). Loading a loaded model is not an error. Errors:
+    MODEL_NOT_FOUND (not loadable here), INSUFFICIENT_VRAM (the preflight
+    estimate exceeds the free GPU memory; the numbers in metadata),
+    ENGINE_ERROR (the engine failed to start).
+    """
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_worker_pb2.UnloadModelRequest, _worker_pb2.UnloadModelResponse]  # type: ignore[assignment]
+    """UnloadModel stops serving a model and frees its memory. Running
+    generations of the model finish first (or, with force, are aborted).
+    Unloading an unloaded model is not an error.
+    """
+    Drain: _aio.UnaryUnaryMultiCallable[_worker_pb2.DrainRequest, _worker_pb2.DrainResponse]  # type: ignore[assignment]
+    """Drain stops the worker taking new generations; running ones finish."""
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """WorkerService runs one inference engine pinned to one device. The
@@ -102,5 +130,37 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.GetInfoResponse, _abc.Awaitable[_worker_pb2.GetInfoResponse]]:
         """GetInfo describes the worker: its engine, models, capacity and device."""
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _worker_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.LoadModelResponse, _abc.Awaitable[_worker_pb2.LoadModelResponse]]:
+        """LoadModel loads one of the worker's loadable models and returns once it
+        serves (or fails). Loading a loaded model is not an error. Errors:
+        MODEL_NOT_FOUND (not loadable here), INSUFFICIENT_VRAM (the preflight
+        estimate exceeds the free GPU memory; the numbers in metadata),
+        ENGINE_ERROR (the engine failed to start).
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _worker_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.UnloadModelResponse, _abc.Awaitable[_worker_pb2.UnloadModelResponse]]:
+        """UnloadModel stops serving a model and frees its memory. Running
+        generations of the model finish first (or, with force, are aborted).
+        Unloading an unloaded model is not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _worker_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.DrainResponse, _abc.Awaitable[_worker_pb2.DrainResponse]]:
+        """Drain stops the worker taking new generations; running ones finish."""
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

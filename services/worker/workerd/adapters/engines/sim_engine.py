@@ -29,6 +29,7 @@ from workerd.domain.engine import (
     TokenDelta,
     check_context,
     find_model,
+    prompt_text,
 )
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class SimEngine(Engine):
         if self._state != "running":
             raise Unavailable(f"the sim engine is {self._state}, not running", reason="ENGINE_NOT_READY")
         model = find_model(self.models(), request.model)
-        input_tokens = self.count_tokens(request.prompt)
+        input_tokens = self.count_tokens(prompt_text(request))
         check_context(model, input_tokens, request.max_tokens)
         if request.job_id in self._sequences:
             raise AlreadyExists(

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from hearth.chat import render_plain
 from hearth.errors import AlreadyExists, Unavailable
 from workerd.domain.detokenizer import IncrementalDetokenizer
 from workerd.domain.engine import (
@@ -199,7 +200,7 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         tokenizer, _ = self._require_running()
         model = find_model(self.models(), request.model)
-        prompt_ids: list[int] = await self._on_executor(functools.partial(self._encode, request.prompt))
+        prompt_ids: list[int] = await self._on_executor(functools.partial(self._encode_request, request))
         input_tokens = len(prompt_ids)
         check_context(model, input_tokens, request.max_tokens)
         self._require_running()  # cleanup() may have begun while the prompt was encoded
@@ -270,6 +271,20 @@ class TransformersEngine(Engine):
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text)["input_ids"])
+
+    def _encode_request(self, request: GenerationRequest) -> list[int]:
+        """The prompt's token ids. A conversation goes through the model's
+        chat template (which adds its own special tokens), or is rendered
+        plainly when the tokenizer has none."""
+        if not request.messages:
+            return self._encode(request.prompt)
+        tokenizer = self._tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            return self._encode(render_plain(request.messages))
+        text = tokenizer.apply_chat_template(
+            [m.to_json() for m in request.messages], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prefill(self, generation: _Generation, prompt_ids: list[int]) -> _Step:
         with torch.inference_mode():
