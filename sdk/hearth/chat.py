@@ -22,6 +22,13 @@ from hearth.api.chat.v1 import chat_pb2
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+#: The checks of the tool-call conformance probe (``hearth.probe``), in order.
+TOOL_CONFORMANCE_CHECKS: tuple[str, ...] = (
+    "TOOL_CALL_MADE",
+    "ARGUMENTS_PARSE",
+    "ARGUMENTS_MATCH_SCHEMA",
+    "STREAM_ASSEMBLES",
+)
 
 
 @dataclass(frozen=True, slots=True)

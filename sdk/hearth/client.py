@@ -58,6 +58,8 @@ from hearth.api.events.v1 import events_pb2
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
+from hearth.api.router.v1 import router_pb2, router_pb2_grpc
+from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
 from hearth.errors import FailedPrecondition, HearthError, InvalidArgument, Unavailable, from_rpc_error
 
 log = logging.getLogger(__name__)
@@ -502,6 +504,61 @@ class AsyncClient:
             token = response.next_page_token
             if not token:
                 return workers
+
+    async def generate_on_target(
+        self, request: worker_pb2.GenerateRequest, *, timeout: float = 120.0
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """Run one generation on a worker serving ``request.model``, bypassing
+        routing and the job log: a diagnostic path (``hearth probe`` tests a
+        target with it before the router may send it tool jobs). The pool
+        places it (waiting while the model loads); the lease is always
+        released. ``request.job_id`` is set when empty."""
+        if not request.job_id:
+            request.job_id = f"probe-{uuid.uuid4()}"
+        pool = pool_pb2_grpc.PoolServiceStub(self._channel("pool"))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                placed = await pool.Place(
+                    pool_pb2.PlaceRequest(job_id=request.job_id, model=request.model),
+                    timeout=self.rpc_timeout,
+                )
+                break
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+            if (
+                error.reason not in ("MODEL_LOADING", "NO_CAPACITY")
+                or asyncio.get_running_loop().time() > deadline
+            ):
+                raise error
+            await asyncio.sleep(min(error.retry_after or 0.5, 2.0))
+        lease = placed.lease
+        try:
+            worker = worker_pb2_grpc.WorkerServiceStub(self._channel_for(lease.address))
+            call = worker.Generate(request, timeout=timeout)
+            try:
+                async for message in call:
+                    yield message
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+        finally:
+            with contextlib.suppress(grpc.RpcError):
+                await pool.Release(pool_pb2.ReleaseRequest(lease_id=lease.lease_id), timeout=self.rpc_timeout)
+
+    async def list_targets(self) -> list[router_pb2.Target]:
+        """The router's registry of targets, with each one's latest tool-call probe result."""
+        stub = router_pb2_grpc.RouterServiceStub(self._channel("router"))
+        response = await self._unary(stub.ListTargets, router_pb2.ListTargetsRequest())
+        return list(response.targets)
+
+    async def record_conformance(
+        self, target: str, checks: Sequence[router_pb2.ConformanceCheck]
+    ) -> router_pb2.Target:
+        """Store a tool-call probe result for ``target`` in the router's registry."""
+        stub = router_pb2_grpc.RouterServiceStub(self._channel("router"))
+        request = router_pb2.RecordConformanceRequest(target=target, checks=list(checks))
+        response = await self._unary(stub.RecordConformance, request)
+        return response.target
 
     async def memory_store(
         self,

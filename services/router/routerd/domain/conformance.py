@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hearth.chat import TOOL_CONFORMANCE_CHECKS
 from routerd.domain.routing import ModelCatalog
 
 #: The checks a probe runs, in order; a result must carry each exactly once.
-CHECK_NAMES = ("TOOL_CALL_MADE", "ARGUMENTS_PARSE", "ARGUMENTS_MATCH_SCHEMA", "STREAM_ASSEMBLES")
+CHECK_NAMES = TOOL_CONFORMANCE_CHECKS
 
 
 @dataclass(frozen=True, slots=True)
