@@ -70,7 +70,15 @@ _CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_llama(dest: Path, *, seed: int = 0, context_length: int = 2048) -> Path:
+def build_tiny_llama(
+    dest: Path,
+    *,
+    seed: int = 0,
+    context_length: int = 2048,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+) -> Path:
     """Build a random tiny Llama and its tokenizer in ``dest``; return ``dest``.
 
     The tokenizer is a byte-level BPE (about 1000 tokens, with ``<s>``,
@@ -78,7 +86,9 @@ def build_tiny_llama(dest: Path, *, seed: int = 0, context_length: int = 2048) -
     ``PreTrainedTokenizerFast`` that prepends ``<s>``. The model is a
     ``LlamaForCausalLM`` with hidden size 64, two layers and four heads,
     initialised with ``torch.manual_seed(seed)``: the same seed gives the same
-    weights. ``dest/HEARTH_TINY_MODEL.txt`` explains that the weights are
+    weights. ``hidden_size``, ``layers`` and ``heads`` make it bigger where a
+    benchmark needs a realistic cost per token (768, 12, 12 is GPT-2 small's
+    shape, about 85M parameters). ``dest/HEARTH_TINY_MODEL.txt`` explains that the weights are
     random and how to configure a real model.
 
     Idempotent: when ``dest`` already holds a complete build it returns at
@@ -93,7 +103,7 @@ def build_tiny_llama(dest: Path, *, seed: int = 0, context_length: int = 2048) -
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _build(staging, seed=seed, context_length=context_length)
+        _build(staging, seed=seed, context_length=context_length, shape=(hidden_size, layers, heads))
         if dest.exists():
             if is_complete(dest):  # another process finished first
                 return dest
@@ -110,17 +120,18 @@ def is_complete(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in _REQUIRED_FILES)
 
 
-def _build(folder: Path, *, seed: int, context_length: int) -> None:
+def _build(folder: Path, *, seed: int, context_length: int, shape: tuple[int, int, int]) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _train_tokenizer()
+    hidden_size, layers, heads = shape
     config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         vocab_size=len(tokenizer),
         max_position_embeddings=context_length,
         bos_token_id=tokenizer.bos_token_id,

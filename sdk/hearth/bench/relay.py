@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from hearth.bench.stats import percentile
+from hearth.bench.stats import percentile, stack_client
 
 MODEL = "sim-bench"
 
@@ -170,7 +170,6 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 
 async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> RelayBenchReport:
-    from hearth.client import AsyncClient
     from hearth.stack import Stack, StackOptions
 
     report = RelayBenchReport(config=asdict(config))
@@ -198,7 +197,7 @@ async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> R
     progress("time to first token: through the stack")
     stack = await asyncio.to_thread(run_stack, config.ttft_decode_seconds_per_step, "ttft")
     try:
-        async with _client(AsyncClient, stack) as client:
+        async with stack_client(stack) as client:
             await _stack_ttft(client, config.ttft_warmup)
             stack_ttft = await _stack_ttft(client, config.ttft_samples)
     finally:
@@ -215,7 +214,7 @@ async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> R
     stack = await asyncio.to_thread(run_stack, config.decode_seconds_per_step, "throughput")
     try:
         orchestrator = psutil.Process(stack.process("orchestratord").pid)
-        async with _client(AsyncClient, stack) as client:
+        async with stack_client(stack) as client:
             await _stack_throughput(client, 8, 8)  # warm up channels and caches
             for streams in config.concurrency:
                 progress(f"{streams} streams: engine alone")
@@ -241,24 +240,6 @@ async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> R
     finally:
         await asyncio.to_thread(stack.stop)
     return report
-
-
-class _client:
-    """AsyncClient pointed at a Stack, as an async context manager."""
-
-    def __init__(self, cls: Any, stack: Any) -> None:
-        self._client = cls(
-            orchestrator=stack.addresses["orchestratord"],
-            pool=stack.addresses["pool-managerd"],
-            memory=stack.addresses["memoryd"],
-            router=stack.addresses["routerd"],
-        )
-
-    async def __aenter__(self) -> Any:
-        return await self._client.__aenter__()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._client.__aexit__(*exc)
 
 
 def run_relay_bench(
