@@ -54,6 +54,7 @@ import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hearth import chat
 from hearth.api.events.v1 import events_pb2
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -337,11 +338,14 @@ class AsyncClient:
         timeout: float | timedelta | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        messages: Sequence[chat.ChatMessage] = (),
+        tools: Sequence[chat.Tool] = (),
+        tool_choice: str = "",
     ) -> orchestrator_pb2.Job:
         """Submit a job and return it as queued (the ``SubmitJobResponse.job``).
 
         Args:
-            prompt: the prompt; must not be blank.
+            prompt: the prompt; must not be blank (or empty, with ``messages``).
             model: a configured model name; empty means the role's default.
             role: the agent role; empty means the default role.
             max_tokens: upper bound on generated tokens, at least 1; None means the server's default.
@@ -357,6 +361,10 @@ class AsyncClient:
             labels: free-form labels kept with the job.
             request_id: idempotency key; None means a fresh UUID4, reused by the
                 SDK's own retries so a retried submission never queues twice.
+            messages: a conversation instead of a prompt (pass ``prompt=""``).
+            tools: functions the model may call; the router then picks only
+                targets that passed ``hearth probe``.
+            tool_choice: ``auto`` (default), ``none``, ``required`` or a tool's name.
 
         Raises:
             InvalidArgument: ``INVALID_FIELD`` (the field is in ``e.field``).
@@ -375,6 +383,9 @@ class AsyncClient:
             project_id=project_id,
             task_id=task_id,
             labels=dict(labels or {}),
+            messages=[chat.message_to_proto(m) for m in messages],
+            tools=[chat.tool_to_proto(t) for t in tools],
+            tool_choice=tool_choice,
         )
         if max_tokens is not None:
             spec.max_tokens = max_tokens

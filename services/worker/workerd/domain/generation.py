@@ -13,8 +13,8 @@ def validate_generation(request: GenerationRequest, models: Sequence[ServedModel
 
     NotFound (``MODEL_NOT_FOUND``) for a model not served here;
     InvalidArgument naming the field for an empty job id, neither or both of
-    prompt and messages, tools for a model that cannot call them
-    (``TOOLS_NOT_SUPPORTED``),
+    prompt and messages, tools a model that cannot call them may call
+    (``TOOLS_NOT_SUPPORTED``; with tool_choice "none" they are only context),
     ``max_tokens`` below 1, or a negative or non-finite temperature. The
     context-length check needs the tokenizer and is the engine's.
     """
@@ -25,7 +25,7 @@ def validate_generation(request: GenerationRequest, models: Sequence[ServedModel
         raise InvalidArgument("prompt", "must not be empty (or messages must be given)")
     if request.prompt and request.messages:
         raise InvalidArgument("messages", "give either prompt or messages, not both")
-    if request.tools and not model.supports_tools:
+    if request.tools and request.tool_choice != "none" and not model.supports_tools:
         raise InvalidArgument(
             "tools", f"model {model.name!r} does not make tool calls here", reason="TOOLS_NOT_SUPPORTED"
         )
