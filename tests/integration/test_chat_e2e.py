@@ -4,14 +4,17 @@ tiny model with its chat template)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from hearth import errors
 from hearth.chat import ChatMessage, Tool, ToolCall
+from hearth.cli import app
 from hearth.client import AsyncClient
 from hearth.probe import CHECK_NAMES, probe_target
 from tests.conftest import client_for, start_stack, stop_stack
@@ -110,3 +113,19 @@ async def test_tools_go_only_to_a_target_that_passed_the_probe(client: AsyncClie
     job = await client.submit("", messages=ask, tools=[WEATHER], tool_choice="none", max_tokens=4)
     events = [e async for e in client.watch(job.job_id)]
     assert events[-1].WhichOneof("kind") == "completed"
+
+
+def test_the_cli_probes_and_lists_targets(stack: Any) -> None:
+    runner = CliRunner()
+    data_dir = ["--data-dir", str(stack.data_dir)]
+
+    probed = runner.invoke(app, [*data_dir, "probe", TINY, "--timeout", "60"])
+    listed = runner.invoke(app, [*data_dir, "targets", "--json"])
+
+    assert probed.exit_code == 1, probed.output
+    assert "TOOL_CALL_MADE" in probed.output and "failed" in probed.output
+    assert listed.exit_code == 0, listed.output
+    (target,) = json.loads(listed.stdout)
+    assert target["name"] == TINY
+    # Proto JSON leaves out false booleans: a failed probe has checks and no "passed".
+    assert len(target["conformance"]["checks"]) == 4 and not target["conformance"].get("passed", False)
