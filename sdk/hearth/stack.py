@@ -88,6 +88,9 @@ class Stack:
         self.data_dir = options.data_dir.resolve()
         self.config_path = self.data_dir / "hearth.effective.yaml"
         self.addresses: dict[str, str] = {}
+        #: host:port of orchestratord's OpenAI-compatible HTTP API (base URL
+        #: http://<http_address>/v1); empty when it is disabled. Set by prepare().
+        self.http_address = ""
         self.config: dict[str, Any] = {}
         self.notes: list[str] = []
         self._nats: EmbeddedNats | None = None
@@ -125,6 +128,7 @@ class Stack:
         orch.setdefault("router_address", self.addresses["routerd"])
         orch.setdefault("pool_address", self.addresses["pool-managerd"])
         orch.setdefault("memory_address", self.addresses["memoryd"])
+        self.http_address = _pick_http_address(orch)
 
         worker = cfg["worker"]
         if not cfg.get("models") and worker.get("engine", "transformers") == "transformers":
@@ -255,6 +259,7 @@ class Stack:
             "router": self.addresses["routerd"],
             "pool_manager": self.addresses["pool-managerd"],
             "memory": self.addresses["memoryd"],
+            "http_address": self.http_address,
             "workers": [a for a in self.addresses.get("workers", "").split(",") if a],
             "nats_url": self.config.get("nats_url", ""),
             "data_dir": str(self.data_dir),
@@ -309,6 +314,24 @@ class Stack:
             self._postgres.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STACK_FILE).unlink()
+
+
+def _pick_http_address(orchestrator: dict[str, Any]) -> str:
+    """Fix the port of orchestratord's HTTP API in its config section (a free
+    one unless a port is configured), so that the stack knows the address
+    before the process starts; returns the address clients use, "" when the
+    API is disabled (http_listen set empty)."""
+    listen = orchestrator.setdefault("http_listen", "127.0.0.1:0")
+    if not listen:
+        return ""
+    host, _, port = str(listen).rpartition(":")
+    host = host or "127.0.0.1"
+    if port in ("", "0"):
+        port = str(free_port())
+        orchestrator["http_listen"] = f"{host}:{port}"
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def _spec(name: str) -> ServiceSpec:

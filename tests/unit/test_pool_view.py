@@ -1,36 +1,54 @@
-"""PoolView: placement, capacity, leases, drain, expiry and paging, with plain
-snapshots and a number for the clock."""
+"""PoolView: placement, capacity, leases, drain, expiry, paging and loads on
+demand, with plain snapshots and a number for the clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from hearth.errors import NotFound, ResourceExhausted, Unavailable
-from pool_managerd.domain.pool import ChangeKind, PoolView, WorkerSnapshot, WorkerState
+from hearth.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from pool_managerd.domain.pool import (
+    ChangeKind,
+    ModelLoading,
+    ModelState,
+    PoolView,
+    WorkerModel,
+    WorkerSnapshot,
+    WorkerState,
+)
 
 pytestmark = pytest.mark.unit
 
 TTL = 2.0
+RETRY = 30.0
+GIB = 1024**3
 
 
 def snapshot(
     worker_id: str,
     *,
-    models: dict[str, int] | None = None,
+    models: dict[str, int | WorkerModel] | None = None,
     state: WorkerState = WorkerState.READY,
     max_concurrency: int = 2,
+    gpu_free_gib: int = 0,
 ) -> WorkerSnapshot:
+    """A worker; a model given as a number is loaded with that context length."""
+    given: dict[str, int | WorkerModel] = {"m": 4096} if models is None else models
     return WorkerSnapshot(
         worker_id=worker_id,
         address=f"{worker_id}.local:50051",
-        models={"m": 4096} if models is None else models,
+        models={name: WorkerModel(m) if isinstance(m, int) else m for name, m in given.items()},
         state=state,
         max_concurrency=max_concurrency,
+        gpu_free_bytes=gpu_free_gib * GIB,
     )
 
 
+def unloaded(estimate: float = 4.0) -> WorkerModel:
+    return WorkerModel(4096, ModelState.UNLOADED, load_estimate_seconds=estimate)
+
+
 def pool_of(*snapshots: WorkerSnapshot, now: float = 0.0) -> PoolView:
-    pool = PoolView(TTL)
+    pool = PoolView(TTL, load_retry_seconds=RETRY)
     for s in snapshots:
         pool.observe(s, now)
     return pool
@@ -213,3 +231,205 @@ def test_place_scales_to_many_workers() -> None:
     assert len(placed) == 1000
     with pytest.raises(ResourceExhausted):
         pool.place("one-too-many", "m", 0.0)
+
+
+# -- loads on demand ---------------------------------------------------------
+
+
+def loading_error(pool: PoolView, model: str, now: float) -> ModelLoading:
+    with pytest.raises(ModelLoading) as loading:
+        pool.place("job", model, now)
+    return loading.value
+
+
+def test_place_uses_only_loaded_models_and_orders_one_load_per_worker_and_model() -> None:
+    pool = pool_of(snapshot("w1", models={"m": 4096, "n": unloaded(estimate=4.0)}))
+
+    first = loading_error(pool, "n", 0.0)
+    second = loading_error(pool, "n", 1.0)
+
+    assert first.reason == "MODEL_LOADING" and first.code.name == "UNAVAILABLE"
+    assert first.order is not None
+    assert (first.order.worker_id, first.order.address, first.order.model) == ("w1", "w1.local:50051", "n")
+    assert first.metadata == {"model": "n", "worker_id": "w1", "estimate_seconds": "4.0"}
+    assert first.retry_after == pytest.approx(1.0)
+    # The load is in flight: no second order, and the estimate counts down.
+    assert second.order is None
+    assert second.metadata["estimate_seconds"] == "3.0"
+    assert pool.place("j", "m", 1.0).worker_id == "w1"
+
+
+def test_a_load_goes_to_the_most_free_gpu_memory_then_the_least_loaded() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"m": 4096, "n": unloaded()}, gpu_free_gib=8),
+        snapshot("w2", models={"n": unloaded()}, gpu_free_gib=20),
+        snapshot("w3", models={"n": unloaded(), "m": 4096}, gpu_free_gib=8),
+    )
+    assert loading_error(pool, "n", 0.0).metadata["worker_id"] == "w2"
+
+    tie = pool_of(
+        snapshot("w1", models={"m": 4096, "n": unloaded()}, gpu_free_gib=8),
+        snapshot("w2", models={"m": 4096, "n": unloaded()}, gpu_free_gib=8),
+    )
+    tie.place("busy", "m", 0.0)  # w1 holds a lease now
+    assert loading_error(tie, "n", 0.0).metadata["worker_id"] == "w2"
+
+
+def test_a_model_the_worker_reports_loading_is_waited_for_without_a_new_order() -> None:
+    loading_model = WorkerModel(4096, ModelState.LOADING, load_estimate_seconds=0.05)
+    pool = pool_of(snapshot("w1", models={"n": loading_model}), snapshot("w2", models={"n": unloaded()}))
+
+    error = loading_error(pool, "n", 0.0)
+
+    assert error.order is None and error.metadata["worker_id"] == "w1"
+    assert error.retry_after == pytest.approx(0.1)  # never below 0.1 s
+
+
+def test_a_finished_load_is_placed_on_at_once_before_the_next_heartbeat() -> None:
+    pool = pool_of(snapshot("w1", models={"n": unloaded()}))
+    order = loading_error(pool, "n", 0.0).order
+    assert order is not None
+
+    pool.load_finished(order, 0.5, model=WorkerModel(2048, ModelState.LOADED))
+
+    lease = pool.place("j", "n", 0.6)
+    assert (lease.worker_id, lease.context_length) == ("w1", 2048)
+    assert pool.worker("w1").snapshot.models["n"].state is ModelState.LOADED
+
+
+def test_a_failed_load_answers_model_load_failed_until_the_retry_interval_passes() -> None:
+    pool = pool_of(snapshot("w1", models={"n": unloaded()}))
+    order = loading_error(pool, "n", 0.0).order
+    assert order is not None
+
+    pool.load_finished(order, 1.0, error="needs 24 GiB, 20 free")
+    pool.observe(snapshot("w1", models={"n": unloaded()}), 1.5)  # the heartbeat still says unloaded
+    with pytest.raises(FailedPrecondition) as failed:
+        pool.place("j", "n", 2.0)
+    pool.observe(snapshot("w1", models={"n": unloaded()}), 1.0 + RETRY)
+    again = loading_error(pool, "n", 1.0 + RETRY)
+
+    assert failed.value.reason == "MODEL_LOAD_FAILED"
+    assert failed.value.metadata == {"model": "n", "worker_id": "w1", "error": "needs 24 GiB, 20 free"}
+    assert again.order is not None
+
+
+def test_a_failure_on_one_worker_sends_the_load_to_another() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"n": unloaded()}, gpu_free_gib=20),
+        snapshot("w2", models={"n": unloaded()}, gpu_free_gib=10),
+    )
+    first = loading_error(pool, "n", 0.0).order
+    assert first is not None and first.worker_id == "w1"
+    pool.load_finished(first, 0.5, error="engine crashed")
+
+    assert loading_error(pool, "n", 0.6).metadata["worker_id"] == "w2"
+
+
+def test_a_failed_state_in_heartbeats_counts_from_when_it_is_first_seen() -> None:
+    failed = WorkerModel(4096, ModelState.FAILED, error="no weights")
+    pool = pool_of(snapshot("w1", models={"n": failed}), now=5.0)
+    pool.observe(snapshot("w1", models={"n": failed}), 20.0)
+
+    with pytest.raises(FailedPrecondition) as refused:
+        pool.place("j", "n", 20.0)
+    pool.observe(snapshot("w1", models={"n": failed}), 5.0 + RETRY)
+    retried = loading_error(pool, "n", 5.0 + RETRY)
+
+    assert refused.value.metadata["error"] == "no weights"
+    assert retried.order is not None
+    # Loaded at last: the failure is forgotten.
+    pool.observe(snapshot("w1", models={"n": 4096}), 5.0 + RETRY + 1)
+    assert pool.place("j", "n", 5.0 + RETRY + 1).worker_id == "w1"
+
+
+def test_draining_and_starting_workers_get_no_loads() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"n": unloaded()}, state=WorkerState.DRAINING),
+        snapshot("w2", models={"s": unloaded()}, state=WorkerState.STARTING),
+    )
+    with pytest.raises(NotFound) as gone:
+        pool.place("j", "n", 0.0)
+    with pytest.raises(ResourceExhausted) as soon:
+        pool.place("j", "s", 0.0)
+    assert gone.value.reason == "MODEL_NOT_FOUND"
+    assert soon.value.reason == "NO_CAPACITY"
+
+
+def test_loaded_on_a_full_worker_is_no_capacity_not_a_second_load() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"n": 4096}, max_concurrency=1),
+        snapshot("w2", models={"n": unloaded()}),
+    )
+    pool.place("j1", "n", 0.0)
+    with pytest.raises(ResourceExhausted) as full:
+        pool.place("j2", "n", 0.0)
+    assert full.value.reason == "NO_CAPACITY"
+
+
+def test_choose_load_on_a_given_worker_or_the_pools_choice() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"n": unloaded()}, gpu_free_gib=30),
+        snapshot("w2", models={"n": 4096}, gpu_free_gib=1),
+        snapshot("w3", models={"x": unloaded()}, state=WorkerState.DRAINING),
+    )
+    assert pool.choose_load("n", "w1", 0.0).worker_id == "w1"
+    # Loaded somewhere already: that worker, whatever its free memory.
+    assert pool.choose_load("n", "", 0.0).worker_id == "w2"
+    with pytest.raises(NotFound) as unknown_worker:
+        pool.choose_load("n", "ghost", 0.0)
+    with pytest.raises(NotFound) as not_listed:
+        pool.choose_load("other", "w1", 0.0)
+    with pytest.raises(NotFound) as nowhere:
+        pool.choose_load("other", "", 0.0)
+    with pytest.raises(FailedPrecondition) as draining:
+        pool.choose_load("x", "w3", 0.0)
+    assert unknown_worker.value.reason == "WORKER_NOT_FOUND"
+    assert not_listed.value.reason == nowhere.value.reason == "MODEL_NOT_FOUND"
+    assert not_listed.value.metadata == {"model": "other", "worker_id": "w1"}
+    assert draining.value.reason == "WORKER_DRAINING"
+
+
+def test_an_explicit_load_retries_a_failed_model_and_joins_a_load_in_flight() -> None:
+    pool = pool_of(snapshot("w1", models={"n": unloaded()}))
+    order = loading_error(pool, "n", 0.0).order
+    assert order is not None
+
+    assert pool.choose_load("n", "", 0.1) is order  # the same load
+    pool.load_finished(order, 0.5, error="boom")
+    retry = pool.choose_load("n", "", 0.6)
+
+    assert retry is not order and retry.worker_id == "w1"
+
+
+def test_choose_unload_finds_the_one_worker_holding_the_model() -> None:
+    pool = pool_of(
+        snapshot("w1", models={"a": 4096, "b": unloaded()}),
+        snapshot("w2", models={"a": 4096, "c": 4096}),
+    )
+    assert pool.choose_unload("c", "").worker_id == "w2"
+    assert pool.choose_unload("a", "w1").worker_id == "w1"
+    with pytest.raises(InvalidArgument) as several:
+        pool.choose_unload("a", "")
+    with pytest.raises(NotFound) as not_loaded:
+        pool.choose_unload("b", "")
+    with pytest.raises(NotFound) as not_listed:
+        pool.choose_unload("c", "w1")
+    assert several.value.field == "worker_id"
+    assert not_loaded.value.reason == "MODEL_NOT_LOADED"
+    assert not_listed.value.reason == "MODEL_NOT_FOUND"
+
+    pool.set_model("w2", "c", unloaded())
+    assert pool.worker("w2").snapshot.models["c"].state is ModelState.UNLOADED
+
+
+def test_a_dropped_worker_forgets_its_loads() -> None:
+    pool = pool_of(snapshot("w1", models={"n": unloaded()}), now=0.0)
+    order = loading_error(pool, "n", 0.0).order
+    assert order is not None
+    assert pool.expire(TTL + 1) == ["w1"]
+
+    pool.load_finished(order, TTL + 1, model=WorkerModel(4096))  # a no-op now
+
+    assert pool.observe(snapshot("w1", models={"n": unloaded()}), TTL + 2) is ChangeKind.JOINED
+    assert loading_error(pool, "n", TTL + 2).order is not None

@@ -55,7 +55,9 @@ def test_an_unknown_engine_is_refused() -> None:
     with pytest.raises(SystemExit) as caught:
         load_settings(Settings, ["--engine", "tpu"])
 
-    assert "worker.engine 'tpu' is not one of: transformers, vllm, openai, anthropic, cli, sim" in str(caught.value)
+    assert "worker.engine 'tpu' is not one of: transformers, vllm, openai, anthropic, cli, sim" in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize(

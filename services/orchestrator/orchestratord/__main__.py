@@ -1,22 +1,29 @@
 """orchestratord: the composition root. Every part is built once, here.
 
-Start: database engine -> migrations -> clients of routerd, pool-managerd,
-memoryd and the workers -> recovery (restart rules) -> server -> journal,
-NATS publisher and dispatcher.
-Stop (ServiceHost): leave -> the server drains -> dispatcher (running jobs'
-Generate calls cancelled, leases released, jobs left as the database has
-them for the next start) -> deadlines disarmed -> journal's last flush ->
-NATS publisher -> channels -> engine disposed.
+Start: HTTP API keys -> database engine -> migrations -> clients of routerd,
+pool-managerd, memoryd and the workers -> recovery (restart rules) -> the HTTP
+API's socket bound -> server -> journal, NATS publisher, dispatcher and the
+HTTP API (uvicorn in this event loop).
+Stop (ServiceHost): leave (the HTTP API takes no new connections) -> the
+server drains -> the HTTP API (requests in flight get the grace period, then
+streams end with an error event and their jobs are cancelled) -> dispatcher
+(running jobs' Generate calls cancelled, leases released, jobs left as the
+database has them for the next start) -> deadlines disarmed -> journal's last
+flush -> NATS publisher -> channels -> engine disposed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from hearth.api.orchestrator.v1 import orchestrator_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, open_channel, serve
+from orchestratord.adapters.embeddings import GrpcEmbeddings
 from orchestratord.adapters.metrics import OrchestratorMetrics
 from orchestratord.adapters.migrate import upgrade_database
 from orchestratord.adapters.nats_events import NatsEventPublisher
@@ -29,6 +36,17 @@ from orchestratord.adapters.services import (
     close_channels,
     open_worker_channel,
 )
+from orchestratord.api.openai_http import (
+    ApiKeys,
+    ApiKeysError,
+    HttpApi,
+    HttpApiError,
+    HttpMetrics,
+    JobRequests,
+    create_app,
+    load_api_keys,
+)
+from orchestratord.api.openai_http.server import split_listen
 from orchestratord.api.servicer import SERVICE_NAME, OrchestratorServicer
 from orchestratord.config import Settings
 from orchestratord.domain.active import ActiveJobs
@@ -39,9 +57,40 @@ from orchestratord.domain.queue import JobQueue
 from orchestratord.domain.service import JobService
 from orchestratord.domain.validation import SubmitLimits
 
+log = logging.getLogger(__name__)
+
+
+def http_api_keys(settings: Settings) -> ApiKeys:
+    """The HTTP API's keys from the settings and the keys file; exits with a
+    message when the file cannot be read. Only their number is logged."""
+    keys_file = Path(settings.http_api_keys_file).expanduser() if settings.http_api_keys_file else None
+    try:
+        keys = load_api_keys([key.get_secret_value() for key in settings.http_api_keys], keys_file)
+    except ApiKeysError as err:
+        raise SystemExit(f"orchestratord: {err}") from None
+    if settings.http_listen:
+        if keys.enabled:
+            log.info("HTTP API: %d API keys configured", len(keys))
+        elif not _is_loopback(split_listen(settings.http_listen)[0]):
+            log.warning(
+                "HTTP API on %s without API keys: anyone who can reach it can use it; set http_api_keys_file",
+                settings.http_listen,
+            )
+    return keys
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 async def run(settings: Settings) -> None:
     host = ServiceHost("orchestratord", settings)
+    api_keys = http_api_keys(settings)
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     if settings.run_migrations:
         try:
@@ -100,7 +149,9 @@ async def run(settings: Settings) -> None:
         publisher,
         metrics,
         SubmitLimits(
-            settings.max_prompt_chars, settings.default_max_tokens, settings.default_timeout_seconds
+            max_prompt_chars=settings.max_prompt_chars,
+            default_max_tokens=settings.default_max_tokens,
+            default_timeout_seconds=settings.default_timeout_seconds,
         ),
         context_budget_chars=settings.memory_context_max_chars,
         dispatcher=dispatcher,
@@ -117,6 +168,29 @@ async def run(settings: Settings) -> None:
         SERVICE_NAME,
     )
 
+    http: HttpApi | None = None
+    if settings.http_listen:
+        in_flight = JobRequests(jobs)
+        app = create_app(
+            jobs,
+            GrpcEmbeddings(memory_channel),
+            settings.models,
+            requests=in_flight,
+            api_keys=api_keys,
+            tracer=telemetry.tracer,
+            metrics=HttpMetrics(host.metrics),
+            max_request_bytes=settings.http_max_request_bytes,
+        )
+        http = HttpApi(app, settings.http_listen, in_flight, grace_seconds=settings.shutdown_grace_seconds)
+        try:
+            # Bound before the host reports healthy: a client that connects
+            # early waits in the backlog instead of being refused.
+            http.bind()
+        except HttpApiError as err:
+            await engine.dispose()
+            raise SystemExit(f"orchestratord: {err}") from None
+        host.on_leave(http.leave)
+
     async def close_clients() -> None:
         await workers.close()
         await close_channels(router_channel, pool_channel, memory_channel)
@@ -128,11 +202,16 @@ async def run(settings: Settings) -> None:
     host.on_cleanup(journal.stop)
     host.on_cleanup(active.stop)
     host.on_cleanup(dispatcher.stop)
+    if http is not None:
+        # Newest first: the HTTP API's requests end while the dispatcher still runs.
+        host.on_cleanup(http.stop)
 
     async def started() -> None:
         journal.start()
         publisher.start()
         dispatcher.start()
+        if http is not None:
+            await http.start()
 
     await serve(host, started=started)
 

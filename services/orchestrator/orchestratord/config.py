@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from hearth.runtime import ServiceSettings
 
@@ -58,6 +58,24 @@ class Settings(ServiceSettings):
         default=500, gt=0, description="Events that trigger a database write at once."
     )
     database_pool_size: int = Field(default=10, gt=0, description="Database connections kept open.")
+    http_listen: str = Field(
+        default="127.0.0.1:0",
+        description="host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, "
+        "/v1/embeddings); port 0 picks a free one (logged at start); empty disables the API.",
+    )
+    http_api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys the HTTP API accepts as 'Authorization: Bearer <key>' (env: a JSON list). With "
+        "none here or in http_api_keys_file every request is let in: only for a loopback listen address.",
+    )
+    http_api_keys_file: str = Field(
+        default="",
+        description="A file of HTTP API keys, one per line (blank lines and # comments skipped), added to "
+        "http_api_keys. Prefer it to listing keys in flags or the environment.",
+    )
+    http_max_request_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Largest HTTP API request body, in bytes; larger: 413."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -67,6 +85,13 @@ class Settings(ServiceSettings):
                 return _ASYNCPG_SCHEME + value[len(scheme) :]
         if not value.startswith(_ASYNCPG_SCHEME):
             raise ValueError("must be a postgresql+asyncpg:// (or postgresql://) URL")
+        return value
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        if value and not value.rpartition(":")[2].isdigit():
+            raise ValueError("must be host:port (port 0: any free port), or empty to disable the HTTP API")
         return value
 
     @field_validator("router_address", "pool_address")

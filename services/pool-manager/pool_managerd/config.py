@@ -23,6 +23,18 @@ class PoolManagerSettings(ServiceSettings):
     expiry_interval_seconds: float = Field(
         default=0.25, gt=0, description="How often silent workers are looked for."
     )
+    load_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="After a model failed to load on a worker, placement orders no new load of it there "
+        "for this long (and answers MODEL_LOAD_FAILED when no other worker can take it).",
+    )
+    load_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest the pool waits for a worker's LoadModel or UnloadModel "
+        "(a vLLM load takes minutes).",
+    )
 
     @field_validator("expiry_interval_seconds")
     @classmethod

@@ -24,7 +24,7 @@ def _default_worker_id() -> str:
 
 
 class Settings(ServiceSettings):
-    """Settings of one worker: one engine serving one model on one device.
+    """Settings of one worker: one engine kind serving its models on one device.
 
     Fields are validated in order, so the later checks can see the engine and
     the shared ``models`` list.
@@ -47,6 +47,35 @@ class Settings(ServiceSettings):
             "(transformers, vllm), base_url and key (openai, anthropic) or command (cli). "
             f"sim: any name (default {DEFAULT_SIM_MODEL!r})."
         ),
+    )
+    loadable_models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More models this worker may load on demand (LoadModel, or the pool placing a job for one), "
+            "each a name in the shared `models` list (sim: any name). The configured `model` is always "
+            "loadable and comes first."
+        ),
+    )
+    load_on_start: bool = Field(
+        default=True,
+        description="Load `model` at start (the worker turns ready once it serves); false: ready at once, "
+        "with nothing loaded until asked.",
+    )
+    idle_unload_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Unload a loaded model after this many seconds without a running generation; 0 never.",
+    )
+    keep_one_loaded: bool = Field(
+        default=True,
+        description="Idle unloading never unloads the last loaded model (the most recently used one stays), "
+        "so an idle worker still answers its next job at once. Explicit UnloadModel is not limited.",
+    )
+    gpu_reserve_mib: int = Field(
+        default=0,
+        ge=0,
+        description="GPU memory the VRAM preflight of a load keeps free for others on the card (a TEI, a "
+        "display), in MiB. The larger of this and vllm_reserve_mib applies.",
     )
     device: str = Field(
         default="auto", description="transformers: cpu, cuda, cuda:N, or auto (cuda if available)."
@@ -74,6 +103,7 @@ class Settings(ServiceSettings):
     sim_context_length: int = Field(
         default=8192, ge=1, description="sim: context length of the simulated model."
     )
+    sim_load_seconds: float = Field(default=0.0, ge=0, description="sim: simulated time a model load takes.")
     vllm_command: list[str] = Field(
         default_factory=lambda: ["vllm", "serve"],
         description="vllm: the command that starts the server (the model and flags are appended).",
@@ -129,6 +159,29 @@ class Settings(ServiceSettings):
             raise ValueError(f"models entry {value!r}: {problem}")
         return value
 
+    @field_validator("loadable_models")
+    @classmethod
+    def _loadable_models(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        engine = info.data.get("engine")
+        models: list[ModelConfig] = info.data.get("models") or []
+        names = ", ".join(m.name for m in models)
+        unique: list[str] = []
+        for name in value:
+            if not name:
+                raise ValueError("worker.loadable_models must not hold an empty name")
+            if name in unique:
+                continue
+            unique.append(name)
+            if engine == "sim" or engine not in ENGINES:
+                continue
+            entry = next((m for m in models if m.name == name), None)
+            if entry is None:
+                raise ValueError(f"worker.loadable_models: {name!r} is not in models: ({names})")
+            problem = _entry_problem(engine, entry)
+            if problem:
+                raise ValueError(f"models entry {name!r}: {problem}")
+        return unique
+
     @field_validator("max_concurrency")
     @classmethod
     def _engine_default_concurrency(cls, value: int, info: ValidationInfo) -> int:
@@ -141,7 +194,19 @@ class Settings(ServiceSettings):
 
     def model_config_entry(self) -> ModelConfig | None:
         """The `models` entry of the served model, if it has one."""
-        return next((m for m in self.models if m.name == self.model), None)
+        return self.model_entry(self.model)
+
+    def model_entry(self, name: str) -> ModelConfig | None:
+        """The `models` entry called ``name``, if there is one."""
+        return next((m for m in self.models if m.name == name), None)
+
+    def loadable(self) -> list[str]:
+        """Every model this worker may load: `model` first, then `loadable_models`."""
+        return [self.model, *(name for name in self.loadable_models if name != self.model)]
+
+    def preflight_reserve_bytes(self) -> int:
+        """GPU memory the VRAM preflight keeps free, in bytes."""
+        return max(self.gpu_reserve_mib, self.vllm_reserve_mib) * 1024 * 1024
 
 
 def _entry_problem(engine: str, entry: ModelConfig) -> str:

@@ -84,3 +84,17 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             deleted = await self._service.delete(request.project_id, list(request.memory_ids))
             span.set_attribute("hearth.memory.deleted", deleted)
             return memory_pb2.DeleteResponse(deleted=deleted)
+
+    async def Embed(
+        self, request: memory_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.EmbedResponse:
+        with self._tracer.start_as_current_span(
+            "memory.embed", attributes={"hearth.memory.inputs": len(request.inputs)}
+        ):
+            result = await self._service.embed(request.inputs)
+            return memory_pb2.EmbedResponse(
+                embeddings=[memory_pb2.Embedding(values=vector) for vector in result.vectors],
+                model=result.model,
+                dimension=result.dimension,
+                input_tokens=result.input_tokens,
+            )

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Most texts one Embed call may carry.
+MAX_EMBED_INPUTS = 256
+
 
 @dataclass(frozen=True)
 class StoreResult:
@@ -45,8 +48,23 @@ class StoreResult:
     created: bool
 
 
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """The answer of :meth:`MemoryService.embed`.
+
+    ``input_tokens`` is an estimate (about four characters per token): the
+    embedder interface does not count tokens.
+    """
+
+    #: One unit-length vector per input, in order.
+    vectors: list[list[float]]
+    model: str
+    dimension: int
+    input_tokens: int
+
+
 class MemoryService:
-    """Store, query and delete memories.
+    """Store, query and delete memories, and embed texts.
 
     Every input is validated before anything is embedded or written, so a
     rejected request leaves no trace. Errors are Hearth errors: InvalidArgument
@@ -95,7 +113,7 @@ class MemoryService:
     async def query(self, query: MemoryQuery) -> list[ScoredMemory]:
         """The memories of the query's project nearest in meaning, nearest first."""
         query = validate_query(query, self._limits)
-        [vector] = await self._embed(query.text, "text")
+        [vector] = await self._embed([query.text], "text")
         return await _guard_store(
             self._store.search(
                 vector,
@@ -114,9 +132,45 @@ class MemoryService:
             return 0
         return await _guard_store(self._store.delete(project_id, ids))
 
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """Embed 1 to 256 texts with the memories' model, in one call of the
+        embedder (which batches them).
+
+        Raises:
+            InvalidArgument: ``inputs`` (none, more than 256, or one too large
+                for the model: reason INPUT_TOO_LARGE) or ``inputs[i]`` (empty,
+                or longer than the text limit).
+            Unavailable: EMBEDDER_UNAVAILABLE.
+        """
+        texts = list(texts)
+        if not texts:
+            raise InvalidArgument("inputs", "must hold at least one text")
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise InvalidArgument(
+                "inputs",
+                f"holds {len(texts)} texts; at most {MAX_EMBED_INPUTS}",
+                max=str(MAX_EMBED_INPUTS),
+            )
+        for index, text in enumerate(texts):
+            if not text:
+                raise InvalidArgument(f"inputs[{index}]", "must not be empty")
+            if len(text) > self._limits.max_text_chars:
+                raise InvalidArgument(
+                    f"inputs[{index}]",
+                    f"is {len(text)} characters; at most {self._limits.max_text_chars}",
+                    max=str(self._limits.max_text_chars),
+                )
+        vectors = await self._embed(texts, "inputs")
+        return EmbeddingResult(
+            vectors=vectors,
+            model=self._embedder.model_name,
+            dimension=self._embedder.dimension,
+            input_tokens=sum(-(-len(text) // 4) for text in texts),
+        )
+
     async def _write(self, memory_id: str, new: NewMemory) -> Memory:
         assert new.kind is not None  # validate_new_memory defaulted it
-        [vector] = await self._embed(new.text, "memory.text")
+        [vector] = await self._embed([new.text], "memory.text")
         memory = Memory(
             memory_id=memory_id,
             text=new.text,
@@ -131,9 +185,9 @@ class MemoryService:
         await _guard_store(self._store.put(memory, vector))
         return memory
 
-    async def _embed(self, text: str, field_path: str) -> list[list[float]]:
+    async def _embed(self, texts: list[str], field_path: str) -> list[list[float]]:
         try:
-            return await self._embedder.embed([text])
+            return await self._embedder.embed(texts)
         except EmbeddingInputTooLarge as err:
             raise InvalidArgument(
                 field_path, f"too large for the embedding model: {err}", reason="INPUT_TOO_LARGE"

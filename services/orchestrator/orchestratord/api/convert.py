@@ -187,38 +187,37 @@ def write_event(message: events_pb2.JobEvent, event: JobEvent) -> None:
     message.sequence = event.sequence
     message.time.seconds, message.time.nanos = _split_micros(event.time)
     body = event.body
-    kind = type(body)
-    if kind is Tokens:
+    if isinstance(body, Tokens):
         tokens = message.tokens
         tokens.SetInParent()
-        tokens.text = body.text  # type: ignore[union-attr]
-        tokens.token_count = body.token_count  # type: ignore[union-attr]
-        if body.tool_calls:  # type: ignore[union-attr]
-            tokens.tool_calls.extend(chat.delta_to_proto(d) for d in body.tool_calls)  # type: ignore[union-attr]
-    elif kind is Queued:
-        message.queued.CopyFrom(events_pb2.JobQueued(queue_position=body.queue_position))  # type: ignore[union-attr]
-    elif kind is Started:
+        tokens.text = body.text
+        tokens.token_count = body.token_count
+        if body.tool_calls:
+            tokens.tool_calls.extend(chat.delta_to_proto(d) for d in body.tool_calls)
+    elif isinstance(body, Queued):
+        message.queued.CopyFrom(events_pb2.JobQueued(queue_position=body.queue_position))
+    elif isinstance(body, Started):
         message.started.CopyFrom(
-            events_pb2.JobStarted(model=body.model, worker_id=body.worker_id, input_tokens=body.input_tokens)  # type: ignore[union-attr]
+            events_pb2.JobStarted(model=body.model, worker_id=body.worker_id, input_tokens=body.input_tokens)
         )
-    elif kind is Completed:
+    elif isinstance(body, Completed):
         message.completed.CopyFrom(
             events_pb2.JobCompleted(
-                finish_reason=body.finish_reason,  # type: ignore[union-attr]
-                output_tokens=body.output_tokens,  # type: ignore[union-attr]
-                tool_calls=[chat.tool_call_to_proto(c) for c in body.tool_calls],  # type: ignore[union-attr]
+                finish_reason=body.finish_reason,
+                output_tokens=body.output_tokens,
+                tool_calls=[chat.tool_call_to_proto(c) for c in body.tool_calls],
             )
         )
-    elif kind is Waiting:
+    elif isinstance(body, Waiting):
         message.waiting.CopyFrom(
             events_pb2.JobWaiting(
-                reason=body.reason,  # type: ignore[union-attr]
-                message=body.message,  # type: ignore[union-attr]
-                estimate_seconds=body.estimate_seconds,  # type: ignore[union-attr]
-                worker_id=body.worker_id,  # type: ignore[union-attr]
+                reason=body.reason,
+                message=body.message,
+                estimate_seconds=body.estimate_seconds,
+                worker_id=body.worker_id,
             )
         )
-    elif kind is Failed:
-        message.failed.CopyFrom(events_pb2.JobFailed(reason=body.reason, message=body.message))  # type: ignore[union-attr]
-    elif kind is Cancelled:
-        message.cancelled.CopyFrom(events_pb2.JobCancelled(reason=body.reason))  # type: ignore[union-attr]
+    elif isinstance(body, Failed):
+        message.failed.CopyFrom(events_pb2.JobFailed(reason=body.reason, message=body.message))
+    elif isinstance(body, Cancelled):
+        message.cancelled.CopyFrom(events_pb2.JobCancelled(reason=body.reason))

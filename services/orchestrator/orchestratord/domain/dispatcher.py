@@ -57,6 +57,8 @@ from orchestratord.domain.ports import (
 log = logging.getLogger(__name__)
 
 _SIDE_CALL_TIMEOUT = 5.0  # release, abort, engine lookup: small calls that must not hang a job
+#: Worker refusals before the first token after which the job is placed again.
+_PLACE_AGAIN = frozenset({"WORKER_BUSY", "MODEL_NOT_LOADED"})
 
 
 class JobFailure(Exception):
@@ -310,10 +312,11 @@ class Dispatcher:
             try:
                 return await self._generate(job, lease, prompt, messages)
             except WorkerError as err:
-                if err.reason != "WORKER_BUSY" or job.state is not JobState.QUEUED:
+                if err.reason not in _PLACE_AGAIN or job.state is not JobState.QUEUED:
                     raise
-                # Refused before starting (its slot not yet free on the
-                # worker): give the lease back and place again.
+                # Refused before starting (its slot not yet free on the worker,
+                # or the model unloaded for idleness just after the pool placed
+                # it): give the lease back and place again.
                 await self._release(job)
                 await self._capacity.wait(model, spec.priority, self._retry_delay(err.retry_after))
 

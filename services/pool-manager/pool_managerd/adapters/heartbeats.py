@@ -14,9 +14,11 @@ from hearth.api.worker.v1 import worker_pb2
 from hearth.runtime import NatsBus, subjects
 from pool_managerd.domain.pool import (
     ChangeKind,
+    ModelState,
     PoolChange,
     PoolChangeSink,
     PoolView,
+    WorkerModel,
     WorkerSnapshot,
     WorkerState,
 )
@@ -29,6 +31,35 @@ _STATES = {
     worker_pb2.WORKER_STATE_DRAINING: WorkerState.DRAINING,
 }
 
+_MODEL_STATES = {
+    # A worker that does not report model states serves what it lists.
+    worker_pb2.MODEL_STATE_UNSPECIFIED: ModelState.LOADED,
+    worker_pb2.MODEL_STATE_UNLOADED: ModelState.UNLOADED,
+    worker_pb2.MODEL_STATE_LOADING: ModelState.LOADING,
+    worker_pb2.MODEL_STATE_LOADED: ModelState.LOADED,
+    worker_pb2.MODEL_STATE_UNLOADING: ModelState.UNLOADING,
+    worker_pb2.MODEL_STATE_FAILED: ModelState.FAILED,
+}
+
+#: The pool's model states on the wire (listings show the pool's word).
+WIRE_MODEL_STATES = {
+    ModelState.UNLOADED: worker_pb2.MODEL_STATE_UNLOADED,
+    ModelState.LOADING: worker_pb2.MODEL_STATE_LOADING,
+    ModelState.LOADED: worker_pb2.MODEL_STATE_LOADED,
+    ModelState.UNLOADING: worker_pb2.MODEL_STATE_UNLOADING,
+    ModelState.FAILED: worker_pb2.MODEL_STATE_FAILED,
+}
+
+
+def model_from_info(info: worker_pb2.ModelInfo) -> WorkerModel:
+    """The pool's view of one model a worker reports."""
+    return WorkerModel(
+        context_length=info.context_length,
+        state=_MODEL_STATES.get(info.state, ModelState.UNLOADED),
+        load_estimate_seconds=info.load_estimate_seconds,
+        error=info.error,
+    )
+
 
 def snapshot_from_info(info: worker_pb2.WorkerInfo) -> WorkerSnapshot:
     """The pool's view of a worker's self-description. The WorkerInfo rides
@@ -36,11 +67,12 @@ def snapshot_from_info(info: worker_pb2.WorkerInfo) -> WorkerSnapshot:
     return WorkerSnapshot(
         worker_id=info.worker_id,
         address=info.address,
-        models={m.name: m.context_length for m in info.models},
+        models={m.name: model_from_info(m) for m in info.models},
         state=_STATES.get(info.state, WorkerState.UNKNOWN),
         # proto3 cannot tell 0 from unset; a worker that does not say runs one at a time.
         max_concurrency=info.max_concurrency if info.max_concurrency > 0 else 1,
         engine=info.engine,
+        gpu_free_bytes=info.gpu.memory_free_bytes if info.gpu.present else 0,
         source=info,
     )
 

@@ -3,11 +3,16 @@
 from pool_managerd.domain.pool import (
     ChangeKind,
     DrainResult,
+    LoadOrder,
+    ModelLoading,
+    ModelState,
     PoolChange,
     PoolChangeSink,
     PooledWorker,
     PoolView,
+    WorkerControl,
     WorkerLease,
+    WorkerModel,
     WorkerSnapshot,
     WorkerState,
 )
@@ -15,11 +20,16 @@ from pool_managerd.domain.pool import (
 __all__ = [
     "ChangeKind",
     "DrainResult",
+    "LoadOrder",
+    "ModelLoading",
+    "ModelState",
     "PoolChange",
     "PoolChangeSink",
     "PoolView",
     "PooledWorker",
+    "WorkerControl",
     "WorkerLease",
+    "WorkerModel",
     "WorkerSnapshot",
     "WorkerState",
 ]

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.subscription import Subscription
 
 from hearth.api.events.v1 import events_pb2
 from hearth.runtime import NatsBus, subjects
-from workerd.domain.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
 class CancelListener:
     """Subscribes to ``hearth.jobs.cancel`` (CancelRequested) and aborts the
-    job in the engine; a job not running here is ignored. The generation's
-    stream then ends with finish reason ABORTED. start() and stop() are each
-    safe to call twice.
+    job in whichever engine runs it; a job not running here is ignored. The
+    generation's stream then ends with finish reason ABORTED. start() and
+    stop() are each safe to call twice.
+
+    Args:
+        bus: the service's NATS bus.
+        abort: aborts a job by id, True when it was running (ModelSet.abort).
     """
 
-    def __init__(self, bus: NatsBus, engine: Engine) -> None:
+    def __init__(self, bus: NatsBus, abort: Callable[[str], Awaitable[bool]]) -> None:
         self._bus = bus
-        self._engine = engine
+        self._abort = abort
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -32,7 +36,7 @@ class CancelListener:
             )
 
     async def _on_cancel(self, message: events_pb2.CancelRequested) -> None:
-        if await self._engine.abort(message.job_id):
+        if await self._abort(message.job_id):
             log.info(
                 "aborted job %s: %s",
                 message.job_id,

@@ -20,9 +20,10 @@ class Heartbeater:
 
     start() publishes the first heartbeat at once (call it when the server is
     ready) and then one every ``interval_seconds`` from a task it owns;
-    beat() publishes one now (the worker calls it on leave, after turning
-    DRAINING, so the pool stops placing at once rather than at the next
-    tick). Heartbeats keep going while the worker drains, so the pool does not
+    beat() publishes one now (the worker calls it on leave and on Drain,
+    after turning DRAINING, so the pool stops placing at once rather than at
+    the next tick); beat_soon() asks the loop for one now without waiting
+    (when a model's state changes). Heartbeats keep going while the worker drains, so the pool does not
     take a worker that is finishing its generations for a lost one; stop()
     ends them and is safe to call twice. Heartbeats are not traced: they
     belong to no job. A NATS outage is logged once, not per beat.
@@ -47,6 +48,7 @@ class Heartbeater:
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._wake = asyncio.Event()
 
     async def start(self) -> None:
         if self._task is not None:
@@ -74,7 +76,14 @@ class Heartbeater:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def beat_soon(self) -> None:
+        """Have the loop publish a heartbeat now rather than at the next tick
+        (several requests before it runs make one heartbeat)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
             await self.beat()

@@ -10,13 +10,14 @@ from hearth import chat
 from hearth.api.worker.v1 import worker_pb2
 from hearth.errors import InvalidArgument
 from workerd.domain.engine import (
+    EngineStats,
     FinishReason,
     GenerationFinished,
     GenerationRequest,
     GenerationStarted,
-    ServedModel,
     TokenDelta,
 )
+from workerd.domain.model_set import ModelState, ModelStatus
 from workerd.domain.worker_status import GpuStatus, WorkerState, WorkerStatus
 
 _FINISH_REASONS: dict[FinishReason, worker_pb2.FinishReason.ValueType] = {
@@ -24,6 +25,14 @@ _FINISH_REASONS: dict[FinishReason, worker_pb2.FinishReason.ValueType] = {
     "length": worker_pb2.FINISH_REASON_LENGTH,
     "aborted": worker_pb2.FINISH_REASON_ABORTED,
     "tool_calls": worker_pb2.FINISH_REASON_TOOL_CALLS,
+}
+
+_MODEL_STATES: dict[ModelState, worker_pb2.ModelState.ValueType] = {
+    "unloaded": worker_pb2.MODEL_STATE_UNLOADED,
+    "loading": worker_pb2.MODEL_STATE_LOADING,
+    "loaded": worker_pb2.MODEL_STATE_LOADED,
+    "unloading": worker_pb2.MODEL_STATE_UNLOADING,
+    "failed": worker_pb2.MODEL_STATE_FAILED,
 }
 
 _STATES: dict[WorkerState, worker_pb2.WorkerState.ValueType] = {
@@ -89,8 +98,34 @@ def merge_deltas(deltas: Sequence[TokenDelta]) -> tuple[str, int, list[chat.Tool
     )
 
 
+def model_info(status: ModelStatus) -> worker_pb2.ModelInfo:
+    return worker_pb2.ModelInfo(
+        name=status.name,
+        context_length=status.context_length,
+        state=_MODEL_STATES[status.state],
+        vram_estimate_bytes=status.vram_estimate_bytes,
+        load_estimate_seconds=status.load_estimate_seconds,
+        error=status.error,
+        supports_tools=status.supports_tools,
+        remote=status.remote,
+    )
+
+
+def engine_load(stats: EngineStats) -> worker_pb2.EngineLoad:
+    load = worker_pb2.EngineLoad(running=stats.running, waiting=stats.waiting)
+    if stats.kv_cache_usage is not None:
+        load.kv_cache_usage = stats.kv_cache_usage
+    return load
+
+
 def worker_info(
-    status: WorkerStatus, *, engine_kind: str, models: Sequence[ServedModel], address: str, gpu: GpuStatus
+    status: WorkerStatus,
+    *,
+    engine_kind: str,
+    models: Sequence[ModelStatus],
+    load: EngineStats,
+    address: str,
+    gpu: GpuStatus,
 ) -> worker_pb2.WorkerInfo:
     counters = status.counters
     start_time = timestamp_pb2.Timestamp()
@@ -99,7 +134,7 @@ def worker_info(
         worker_id=status.worker_id,
         address=address,
         engine=engine_kind,
-        models=[worker_pb2.ModelInfo(name=m.name, context_length=m.context_length) for m in models],
+        models=[model_info(m) for m in models],
         state=_STATES[status.state],
         max_concurrency=status.max_concurrency,
         running=status.running,
@@ -117,4 +152,5 @@ def worker_info(
             aborted_total=counters.aborted_total,
         ),
         start_time=start_time,
+        load=engine_load(load),
     )

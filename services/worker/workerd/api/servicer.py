@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
 from opentelemetry import trace
@@ -26,6 +26,7 @@ from workerd.domain.engine import (
     TokenDelta,
 )
 from workerd.domain.generation import validate_generation
+from workerd.domain.model_set import ModelSet
 from workerd.domain.worker_status import GpuStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -40,46 +41,57 @@ _Relayed = GenerationEvent | BaseException | _EngineDone
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    """Serves one engine over gRPC.
+    """Serves the worker's models over gRPC.
 
     Generate validates the request, takes a concurrency slot from the
-    :class:`WorkerStatus` and relays the engine's events: the engine's
-    iterator runs in a task of its own feeding a queue, so that token deltas
-    that pile up while the client is slow go out as one TokenChunk. A client
-    that cancels the call aborts the generation in the engine.
+    :class:`WorkerStatus`, marks the generation running on its model in the
+    :class:`ModelSet` (refused with MODEL_NOT_LOADED when the model is not
+    loaded) and relays the engine's events: the engine's iterator runs in a
+    task of its own feeding a queue, so that token deltas that pile up while
+    the client is slow go out as one TokenChunk. A client that cancels the
+    call aborts the generation in the engine. LoadModel, UnloadModel and Drain
+    change the worker's models and state; Drain announces it at once.
 
     Args:
-        engine: the started engine.
+        models: the worker's models and their engines.
         status: the worker's state, admission and counters.
+        engine_kind: the engine kind, as reported.
         metrics: the worker's Prometheus metrics.
         tracer: the service's tracer (one span per Generate).
         address: the advertised host:port (known once the server is bound).
         read_gpu: the GPU as of now.
+        announce: publishes a heartbeat now (after Drain).
     """
 
     def __init__(
         self,
-        engine: Engine,
+        models: ModelSet,
         status: WorkerStatus,
         *,
+        engine_kind: str,
         metrics: WorkerMetrics,
         tracer: trace.Tracer,
         address: Callable[[], str],
         read_gpu: Callable[[], GpuStatus],
+        announce: Callable[[], Awaitable[None]],
     ) -> None:
-        self._engine = engine
+        self._models = models
         self._status = status
+        self._engine_kind = engine_kind
         self._metrics = metrics
         self._tracer = tracer
         self._address = address
         self._read_gpu = read_gpu
+        self._announce = announce
 
     def describe(self) -> worker_pb2.WorkerInfo:
-        """The worker as GetInfo and heartbeats report it."""
+        """The worker as GetInfo and heartbeats report it: every loadable
+        model with its state, and the engines' load summed."""
         return convert.worker_info(
             self._status,
-            engine_kind=self._engine.kind,
-            models=self._engine.models(),
+            engine_kind=self._engine_kind,
+            models=self._models.describe(),
+            load=self._models.stats(),
             address=self._address(),
             gpu=self._read_gpu(),
         )
@@ -94,10 +106,36 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> worker_pb2.AbortResponse:
         if not request.job_id:
             raise InvalidArgument("job_id", "must not be empty")
-        aborted = await self._engine.abort(request.job_id)
+        aborted = await self._models.abort(request.job_id)
         if aborted:
             log.info("aborted job %s on request", request.job_id, extra={"job_id": request.job_id})
         return worker_pb2.AbortResponse(aborted=aborted)
+
+    async def LoadModel(
+        self, request: worker_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.LoadModelResponse:
+        if not request.model:
+            raise InvalidArgument("model", "is required")
+        self._status.check_loads_allowed()
+        status = await self._models.load(request.model)
+        return worker_pb2.LoadModelResponse(model=convert.model_info(status))
+
+    async def UnloadModel(
+        self, request: worker_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.UnloadModelResponse:
+        if not request.model:
+            raise InvalidArgument("model", "is required")
+        status = await self._models.unload(request.model, force=request.force)
+        return worker_pb2.UnloadModelResponse(model=convert.model_info(status))
+
+    async def Drain(
+        self, request: worker_pb2.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.DrainResponse:
+        if self._status.state != "draining":
+            log.info("draining: running generations finish, new ones are refused")
+        self._status.mark_draining()
+        await self._announce()
+        return worker_pb2.DrainResponse(worker=self.describe())
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -112,11 +150,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             },
         )
         try:
-            validate_generation(generation, self._engine.models())
+            validate_generation(generation, self._models.served_models())
             # aclosing: when this generator is closed, the relay is closed (and the
-            # engine aborted) before the concurrency slot is given back.
-            with self._status.admit(generation.job_id):
-                async with contextlib.aclosing(self._relay(generation, span, context)) as relay:
+            # engine aborted) before the model and the concurrency slot are given back.
+            with (
+                self._status.admit(generation.job_id),
+                self._models.generation(generation.model, generation.job_id) as engine,
+            ):
+                async with contextlib.aclosing(self._relay(engine, generation, span, context)) as relay:
                     async for message in relay:
                         yield message
         except (asyncio.CancelledError, GeneratorExit):
@@ -131,13 +172,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             span.end()
 
     async def _relay(
-        self, generation: GenerationRequest, span: Span, context: grpc.aio.ServicerContext
+        self, engine: Engine, generation: GenerationRequest, span: Span, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[worker_pb2.GenerateResponse, None]:
         received = time.perf_counter()
         queue: asyncio.Queue[_Relayed] = asyncio.Queue()
         # The engine's spans (if any) are children of this Generate's span.
         with trace.use_span(span, end_on_exit=False):
-            pump = asyncio.create_task(self._pump(generation, queue), name=f"generate-{generation.job_id}")
+            pump = asyncio.create_task(
+                self._pump(engine, generation, queue), name=f"generate-{generation.job_id}"
+            )
         self._metrics.running.inc()
         outcome = "error"
         first_token = True
@@ -184,7 +227,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 outcome = "aborted"
                 self._status.record_finish("aborted")
             # The client went away: stop the engine's work for it now.
-            await self._engine.abort(generation.job_id)
+            await engine.abort(generation.job_id)
             raise
         finally:
             pump.cancel()
@@ -193,9 +236,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._metrics.running.dec()
             self._metrics.requests.labels(outcome).inc()
 
-    async def _pump(self, generation: GenerationRequest, queue: asyncio.Queue[_Relayed]) -> None:
+    @staticmethod
+    async def _pump(engine: Engine, generation: GenerationRequest, queue: asyncio.Queue[_Relayed]) -> None:
         try:
-            async for event in self._engine.generate(generation):
+            async for event in engine.generate(generation):
                 queue.put_nowait(event)
         except asyncio.CancelledError:
             raise

@@ -78,6 +78,16 @@ class WorkerStatus:
     def mark_draining(self) -> None:
         self.state = "draining"
 
+    def check_loads_allowed(self) -> None:
+        """Raise Unavailable (``WORKER_DRAINING``) when draining: a worker on
+        its way out loads no models."""
+        if self.state == "draining":
+            raise Unavailable(
+                f"worker {self.worker_id} is draining and loads no models",
+                reason="WORKER_DRAINING",
+                metadata={"worker_id": self.worker_id},
+            )
+
     @contextmanager
     def admit(self, job_id: str) -> Iterator[None]:
         """Hold a concurrency slot for ``job_id`` for the duration of the block.

@@ -80,7 +80,9 @@ class PoolServiceServicer:
         NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
         MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
         metadata): no worker has the model loaded, and the pool has started
-        loading it on one that can.
+        loading it on one that can. MODEL_LOAD_FAILED (FAILED_PRECONDITION, with
+        the worker's error): the last load of the model failed and no other
+        worker can load it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class PoolServiceStub:
     NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
     MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
     metadata): no worker has the model loaded, and the pool has started
-    loading it on one that can.
+    loading it on one that can. MODEL_LOAD_FAILED (FAILED_PRECONDITION, with
+    the worker's error): the last load of the model failed and no other
+    worker can load it.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ReleaseRequest, _pool_pb2.ReleaseResponse]
     """Release frees a lease's slot. Releasing twice is not an error."""
@@ -74,7 +76,9 @@ class PoolServiceAsyncStub(PoolServiceStub):
     NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
     MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
     metadata): no worker has the model loaded, and the pool has started
-    loading it on one that can.
+    loading it on one that can. MODEL_LOAD_FAILED (FAILED_PRECONDITION, with
+    the worker's error): the last load of the model failed and no other
+    worker can load it.
     """
     Release: _aio.UnaryUnaryMultiCallable[_pool_pb2.ReleaseRequest, _pool_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Release frees a lease's slot. Releasing twice is not an error."""
@@ -109,7 +113,9 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         NOT_FOUND), NO_CAPACITY (all such workers are full, RESOURCE_EXHAUSTED),
         MODEL_LOADING (UNAVAILABLE, with a retry delay and estimate_seconds in
         metadata): no worker has the model loaded, and the pool has started
-        loading it on one that can.
+        loading it on one that can. MODEL_LOAD_FAILED (FAILED_PRECONDITION, with
+        the worker's error): the last load of the model failed and no other
+        worker can load it.
         """
 
     @_abc_1.abstractmethod

@@ -39,6 +39,7 @@ def build_engine(settings: Settings, model: str, *, read_gpu: Callable[[], GpuSt
             prefill_seconds_per_token=settings.sim_prefill_seconds_per_token,
             decode_seconds_per_step=settings.sim_decode_seconds_per_step,
             max_batch=settings.sim_max_batch,
+            load_seconds=settings.sim_load_seconds,
         )
     entry = next((m for m in settings.models if m.name == model), None)
     if entry is None:

@@ -116,6 +116,7 @@ class SimEngine(Engine):
         prefill_seconds_per_token: simulated prefill cost per prompt token.
         decode_seconds_per_step: simulated time of one decode step of the batch.
         max_batch: most sequences decoded together.
+        load_seconds: simulated model load time, spent in start().
     """
 
     kind = "sim"
@@ -128,11 +129,13 @@ class SimEngine(Engine):
         prefill_seconds_per_token: float = 0.00002,
         decode_seconds_per_step: float = 0.01,
         max_batch: int = 256,
+        load_seconds: float = 0.0,
     ) -> None:
         if context_length < 1 or max_batch < 1:
             raise ValueError("context_length and max_batch must be at least 1")
-        if prefill_seconds_per_token < 0 or decode_seconds_per_step < 0:
+        if prefill_seconds_per_token < 0 or decode_seconds_per_step < 0 or load_seconds < 0:
             raise ValueError("simulated times must not be negative")
+        self._load_seconds = load_seconds
         self._model = ServedModel(model, context_length)
         self._prefill_seconds_per_token = prefill_seconds_per_token
         self._decode_seconds_per_step = decode_seconds_per_step
@@ -142,11 +145,16 @@ class SimEngine(Engine):
         self._active: list[_Sequence] = []
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
-        self._state: Literal["new", "running", "closed"] = "new"
+        self._state: Literal["new", "loading", "running", "closed"] = "new"
 
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError(f"the sim engine cannot start when {self._state}")
+        self._state = "loading"
+        if self._load_seconds:
+            await asyncio.sleep(self._load_seconds)
+        if self._state != "loading":  # cleanup() ran while it loaded
+            raise RuntimeError("the sim engine was cleaned up while loading")
         self._state = "running"
         self._scheduler = asyncio.create_task(self._run_batches(), name="sim-engine-scheduler")
         log.info(

@@ -1,0 +1,186 @@
+"""Requests in flight that own a job: a request that ends before its job does
+(the client went away, or orchestratord is shutting down) cancels the job.
+
+:class:`JobRequests` counts them, tells them when the server is closing, and
+runs the cancels as tasks of its own, so that a cancel is never lost to the
+cancellation of the request that asked for it. :class:`JobEventStream` is the
+streaming response: it sends a job's server-sent events while listening for
+the client going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from hearth.errors import HearthError
+from orchestratord.api.openai_http.completions import JobTicket, server_sent
+from orchestratord.api.openai_http.errors import SERVER_ERROR, OpenAIError, internal_error
+from orchestratord.api.openai_http.ports import ChatJobs
+
+log = logging.getLogger(__name__)
+
+CLIENT_DISCONNECTED = "client disconnected"
+SHUTTING_DOWN = "orchestratord is shutting down"
+
+
+def shutting_down_error() -> OpenAIError:
+    return OpenAIError(
+        503,
+        "The server is shutting down; retry the request.",
+        type=SERVER_ERROR,
+        code="server_shutting_down",
+    )
+
+
+class JobRequests:
+    """The job-owning requests in flight.
+
+    Args:
+        jobs: where abandoned jobs are cancelled.
+    """
+
+    def __init__(self, jobs: ChatJobs) -> None:
+        self._jobs = jobs
+        self._open = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cancels: set[asyncio.Task[None]] = set()
+        #: Set when the server stops waiting for requests to finish by themselves.
+        self.closing = asyncio.Event()
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    @contextlib.contextmanager
+    def track(self, ticket: JobTicket) -> Iterator[None]:
+        """Count a request while it runs; when it ends without having seen
+        its job's end, cancel the job ("client disconnected", or
+        "orchestratord is shutting down" once closing)."""
+        self._open += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if self._open == 0:
+                self._idle.set()
+            if not ticket.ended:
+                self.abandon(ticket, SHUTTING_DOWN if self.closing.is_set() else CLIENT_DISCONNECTED)
+
+    def abandon(self, ticket: JobTicket, reason: str) -> None:
+        """Cancel the job in a task of its own (this may run inside a request
+        that is itself being cancelled)."""
+        ticket.ended = True
+        task = asyncio.get_running_loop().create_task(self._cancel(ticket.job_id, reason))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel(self, job_id: str, reason: str) -> None:
+        log.info("cancelling job %s: %s", job_id, reason)
+        try:
+            await self._jobs.cancel(job_id, reason)
+        except HearthError as err:
+            log.warning("cancel of job %s failed: %s", job_id, err.reason)
+        except Exception:
+            log.exception("cancel of job %s failed", job_id)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False when the time ran out."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Tell requests still in flight to end now (streams with an error
+        event, waits with a 503); their jobs are cancelled."""
+        self.closing.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the cancels under way (bounded)."""
+        if self._cancels:
+            await asyncio.wait(list(self._cancels), timeout=timeout)
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client has gone away (the request body already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class JobEventStream(Response):
+    """A ``text/event-stream`` response of one job's events that ends with
+    the job, or as soon as the client goes away (the job is then cancelled),
+    or when the server closes (an error event, then the job is cancelled).
+
+    Starlette's StreamingResponse notices a client that went away only at
+    its next write, which for a job waiting in the queue may be minutes
+    away; this one listens for the disconnect all along.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        ticket: JobTicket,
+        requests: JobRequests,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+        self._events = events
+        self._ticket = ticket
+        self._requests = requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self._requests.track(self._ticket):
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            pump = asyncio.create_task(self._pump(send))
+            disconnected = asyncio.create_task(wait_for_disconnect(receive))
+            closing = asyncio.create_task(self._requests.closing.wait())
+            tasks = (pump, disconnected, closing)
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+            if disconnected.done() and not disconnected.cancelled():
+                return  # the client is gone: nothing more to send
+            ending = b""
+            if pump.cancelled():
+                ending = server_sent(shutting_down_error().body())
+            elif (problem := pump.exception()) is not None:
+                if isinstance(problem, OSError):
+                    return  # the connection broke while writing
+                log.error("job %s: the event stream failed", self._ticket.job_id, exc_info=problem)
+                ending = server_sent(internal_error().body())
+            await _send_quietly(send, {"type": "http.response.body", "body": ending, "more_body": False})
+
+    async def _pump(self, send: Send) -> None:
+        try:
+            async for chunk in self._events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await self._events.aclose()
+
+
+async def _send_quietly(send: Send, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        await send(message)
