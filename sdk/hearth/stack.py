@@ -150,7 +150,7 @@ class Stack:
         for index, overrides in enumerate(self.options.extra_workers, start=2):
             name = f"workerd-{index}"
             values = {"listen": f"127.0.0.1:{free_port()}", "worker_id": name, **overrides}
-            self._worker_env[name] = {f"HEARTH_WORKER_{k.upper()}": str(v) for k, v in values.items()}
+            self._worker_env[name] = {f"HEARTH_WORKER_{k.upper()}": _env_value(v) for k, v in values.items()}
             self.addresses[name] = values["listen"]
         self.config = cfg
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -314,6 +314,11 @@ class Stack:
             self._postgres.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STACK_FILE).unlink()
+
+
+def _env_value(value: Any) -> str:
+    """A setting as the environment carries it: lists and mappings as JSON."""
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
 def _pick_http_address(orchestrator: dict[str, Any]) -> str:

@@ -91,8 +91,8 @@ class ScriptedUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -670,7 +670,7 @@ async def test_cleanup_aborts_running_generations_and_is_safe_twice(upstream: Sc
 
 async def test_start_fails_clearly_when_the_upstream_cannot_be_reached() -> None:
     base_url = f"http://127.0.0.1:{free_port()}/v1"
-    eng = OpenAIEngine(SERVED, base_url=base_url, api_key=API_KEY, max_retries=0)
+    eng = OpenAIEngine(SERVED, base_url=base_url, api_key=API_KEY, max_retries=0, start_timeout_seconds=0)
 
     with pytest.raises(Unavailable) as caught:
         await eng.start()
@@ -679,6 +679,25 @@ async def test_start_fails_clearly_when_the_upstream_cannot_be_reached() -> None
     assert base_url in caught.value.message
     assert_no_key(str(caught.value))
     await eng.cleanup()
+
+
+async def test_start_waits_for_an_upstream_that_comes_up_late() -> None:
+    port = free_port()
+    eng = OpenAIEngine(
+        SERVED, base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, start_timeout_seconds=30
+    )
+    starting = asyncio.create_task(eng.start())
+    await asyncio.sleep(0.3)
+    assert not starting.done()  # refused connections: still waiting
+
+    late = ScriptedUpstream()
+    await late.start(port)
+    try:
+        await asyncio.wait_for(starting, 10)
+        assert late.seen("/models")
+    finally:
+        await eng.cleanup()
+        await late.stop()
 
 
 async def test_start_fails_when_the_key_is_refused(

@@ -12,8 +12,10 @@ arrived nothing is retried: a retried call would stream the text again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -69,6 +71,9 @@ class OpenAIEngine(RemoteChatEngine):
             also the longest wait for any one chunk.
         max_retries: retries of 429/5xx/connection errors before the first token.
         connect_timeout_seconds: longest wait for a TCP connection.
+        start_timeout_seconds: how long start() waits for an unreachable
+            upstream to come up (a server starting beside the worker, a box
+            on the LAN rebooting) before it gives up.
         tokenizer: counts tokens; without one a token is estimated per 4 characters.
     """
 
@@ -84,6 +89,7 @@ class OpenAIEngine(RemoteChatEngine):
         timeout_seconds: float = 600.0,
         max_retries: int = 3,
         connect_timeout_seconds: float = 10.0,
+        start_timeout_seconds: float = 60.0,
         tokenizer: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__(
@@ -95,6 +101,7 @@ class OpenAIEngine(RemoteChatEngine):
         self._api_key = api_key or None
         self._max_retries = max_retries
         self._connect_timeout_seconds = connect_timeout_seconds
+        self._start_timeout_seconds = start_timeout_seconds
         self._client: openai.AsyncOpenAI | None = None
 
     @property
@@ -107,7 +114,16 @@ class OpenAIEngine(RemoteChatEngine):
         if self._closed:
             raise Unavailable(f"the {self.kind} engine is closed", reason="ENGINE_NOT_READY")
         await self._open_client(self._base_url)
-        await self._check_upstream()
+        deadline = time.monotonic() + self._start_timeout_seconds
+        while True:
+            try:
+                await self._check_upstream()
+                return
+            except Unavailable as err:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s; waiting for it to come up", err.message)
+                await asyncio.sleep(1.0)
 
     async def _open_client(self, base_url: str) -> None:
         """Point the engine at ``base_url`` (closing a previous client)."""

@@ -399,7 +399,7 @@ class RemoteChatEngine(Engine):
             call.stop = why
         task = call.task
         if task is not None and not task.done():
-            task.cancel()
+            _cancel_once(task)
             return task
         return None
 
@@ -461,7 +461,7 @@ class RemoteChatEngine(Engine):
         finally:
             call.finished = True
             if not task.done():
-                task.cancel()
+                _cancel_once(task)
                 await asyncio.wait([task])
             if self._calls.get(request.job_id) is call:
                 del self._calls[request.job_id]
@@ -491,3 +491,11 @@ class RemoteChatEngine(Engine):
                     "the %s upstream call of job %s failed: %s", self.kind, call.job_id, mapped.message
                 )
             emit(mapped)
+
+
+def _cancel_once(task: asyncio.Task[None]) -> None:
+    """Cancel an upstream call unless a cancellation is already on its way: a
+    second one would land inside the first one's cleanup (closing the HTTP
+    stream) and leave the connection open, the upstream still generating."""
+    if not task.cancelling():
+        task.cancel()
