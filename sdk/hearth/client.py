@@ -73,6 +73,7 @@ ADDRESS_ENV: Final[Mapping[str, str]] = {
     "pool": "HEARTH_POOL_ADDRESS",
     "memory": "HEARTH_MEMORY_ADDRESS",
     "router": "HEARTH_ROUTER_ADDRESS",
+    "http": "HEARTH_HTTP_ADDRESS",
 }
 #: Where ``hearth up`` keeps its state unless told otherwise.
 DEFAULT_DATA_DIR: Final = ".hearth"
@@ -85,6 +86,7 @@ _STACK_KEYS: Final[Mapping[str, str]] = {
     "pool_manager": "pool",
     "memory": "memory",
     "router": "router",
+    "http_address": "http",
 }
 _PRIORITIES: Final[Mapping[str, orchestrator_pb2.Priority.ValueType]] = {
     "interactive": orchestrator_pb2.PRIORITY_INTERACTIVE,
@@ -129,6 +131,8 @@ class StackAddresses:
     """RouterService (routerd); only its health is used by the SDK."""
     workers: tuple[str, ...] = ()
     """WorkerService addresses; only their health is used by the SDK."""
+    http: str = ""
+    """The OpenAI-compatible HTTP API of orchestratord (base URL ``http://<http>/v1``)."""
 
     def named(self) -> dict[str, str]:
         """Every known address by service name (workers as ``worker-1``, ...), unknown ones left out."""

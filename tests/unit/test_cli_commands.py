@@ -98,7 +98,8 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 class FakePool(pool_pb2_grpc.PoolServiceServicer):
     async def ListWorkers(self, request: Any, context: Any) -> pool_pb2.ListWorkersResponse:
         cpu = worker_pb2.WorkerInfo(worker_id="w-cpu", address="127.0.0.1:7200", engine="transformers")
-        cpu.models.add(name="tiny")
+        cpu.models.add(name="tiny", state=worker_pb2.MODEL_STATE_LOADED)
+        cpu.models.add(name="tiny-chat", state=worker_pb2.MODEL_STATE_UNLOADED)
         cpu.max_concurrency = 4
         gpu = worker_pb2.WorkerInfo(worker_id="w-gpu", address="127.0.0.1:7201", engine="vllm", running=3)
         gpu.models.add(name="qwen-32b")
@@ -223,6 +224,7 @@ def test_workers_shows_load_gpu_memory_and_heartbeat_age(hearth: Any) -> None:
     cpu_row = next(line for line in result.stdout.splitlines() if "w-cpu" in line)
     gpu_row = next(line for line in result.stdout.splitlines() if "w-gpu" in line)
     assert "absent" in cpu_row and "0/4" in cpu_row and "1.5s" in cpu_row
+    assert "(unloaded)" in result.stdout and "tiny-chat" in result.stdout  # the column may fold
     assert "20.0/32.0 GiB" in gpu_row and "127.0.0.1:7201" in gpu_row and "3/8" in gpu_row
     assert [w["info"]["worker_id"] for w in json.loads(as_json.stdout)] == ["w-cpu", "w-gpu"]
 

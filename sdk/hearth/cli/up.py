@@ -49,6 +49,8 @@ def up(
             "Ctrl-C stops.",
             err=True,
         )
+        if stack.http_address:
+            typer.secho(f"hearth: OpenAI-compatible API at http://{stack.http_address}/v1", err=True)
 
     try:
         code = run_until_signal(stack, ready)

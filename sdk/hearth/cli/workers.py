@@ -8,6 +8,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from hearth.api.worker.v1 import worker_pb2
 from hearth.cli.render import format_age, format_bytes, message_to_dict, to_json
 from hearth.cli.session import CliSession
 from hearth.client import AsyncClient
@@ -49,7 +50,7 @@ def workers_command(
                 info.worker_id,
                 info.address,
                 info.engine,
-                ", ".join(m.name for m in info.models),
+                ", ".join(_model_label(m) for m in info.models),
                 f"{info.running}/{info.max_concurrency}",
                 memory,
                 format_age(worker.heartbeat_age),
@@ -60,3 +61,11 @@ def workers_command(
         return 0
 
     session.execute(command)
+
+
+def _model_label(model: worker_pb2.ModelInfo) -> str:
+    """A loaded model by its name; any other by its name and state."""
+    if model.state in (worker_pb2.MODEL_STATE_LOADED, worker_pb2.MODEL_STATE_UNSPECIFIED):
+        return model.name
+    state = worker_pb2.ModelState.Name(model.state).removeprefix("MODEL_STATE_").lower()
+    return f"{model.name} ({state})"
