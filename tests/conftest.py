@@ -63,11 +63,5 @@ def stop_stack(stack: Any) -> None:
 
 def client_for(stack: Any) -> AsyncClient:
     """An AsyncClient (not yet entered) for every service of a started Stack."""
-    from hearth.client import AsyncClient
-
-    return AsyncClient(
-        orchestrator=stack.addresses["orchestratord"],
-        pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"],
-        router=stack.addresses["routerd"],
-    )
+    client: AsyncClient = stack.client()
+    return client

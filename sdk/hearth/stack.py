@@ -158,6 +158,17 @@ class Stack:
 
     # -- processes -----------------------------------------------------------
 
+    def client(self) -> Any:
+        """An AsyncClient (not yet entered) for every service of this started stack."""
+        from hearth.client import AsyncClient
+
+        return AsyncClient(
+            orchestrator=self.addresses["orchestratord"],
+            pool=self.addresses["pool-managerd"],
+            memory=self.addresses["memoryd"],
+            router=self.addresses["routerd"],
+        )
+
     def start(self) -> None:
         """Start everything and wait until every service is healthy and a
         worker has joined the pool."""

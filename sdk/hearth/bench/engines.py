@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hearth.bench.stats import percentile, stack_client
+from hearth.bench.harness import run_bench
+from hearth.bench.stats import percentile
 
 MODEL = "bench-model"
 #: Random Llama shapes (hidden size, layers, heads) for --model-size.
@@ -208,7 +207,7 @@ async def _measure_device(
     direct, stack_seq = Measurement(), Measurement()
     direct_conc, stack_conc = Measurement(), Measurement()
     try:
-        async with stack_client(stack) as client:
+        async with stack.client() as client:
             # Warm up both ways (first CUDA kernels, channels, caches).
             await _sequential(_direct_one, engine, config, Measurement())
             await _sequential(_stack_one, client, config, Measurement())
@@ -266,10 +265,6 @@ def run_engines_bench(
     config: EnginesBenchConfig, data_dir: Path | None = None, progress: Any = None
 ) -> EnginesBenchReport:
     """Run the benchmark; stacks and the tiny model live in data_dir (a temp dir by default)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    say = progress or (lambda _msg: None)
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_measure(config, data_dir, say))
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-engines-") as tmp:
-        return asyncio.run(_measure(config, Path(tmp), say))
+    return run_bench(
+        lambda folder, say: _measure(config, folder, say), data_dir, progress, prefix="hearth-bench-engines-"
+    )

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,8 @@ from typing import Any
 
 import psutil
 
-from hearth.bench.stats import percentile, stack_client
+from hearth.bench.harness import run_bench
+from hearth.bench.stats import percentile
 
 MODEL = "sim-bench"
 
@@ -197,7 +196,7 @@ async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> R
     progress("time to first token: through the stack")
     stack = await asyncio.to_thread(run_stack, config.ttft_decode_seconds_per_step, "ttft")
     try:
-        async with stack_client(stack) as client:
+        async with stack.client() as client:
             await _stack_ttft(client, config.ttft_warmup)
             stack_ttft = await _stack_ttft(client, config.ttft_samples)
     finally:
@@ -214,7 +213,7 @@ async def _measure(config: RelayBenchConfig, data_dir: Path, progress: Any) -> R
     stack = await asyncio.to_thread(run_stack, config.decode_seconds_per_step, "throughput")
     try:
         orchestrator = psutil.Process(stack.process("orchestratord").pid)
-        async with stack_client(stack) as client:
+        async with stack.client() as client:
             await _stack_throughput(client, 8, 8)  # warm up channels and caches
             for streams in config.concurrency:
                 progress(f"{streams} streams: engine alone")
@@ -246,10 +245,6 @@ def run_relay_bench(
     config: RelayBenchConfig, data_dir: Path | None = None, progress: Any = None
 ) -> RelayBenchReport:
     """Run the relay benchmark; the stacks live in data_dir (a temp dir by default)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    say = progress or (lambda _msg: None)
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_measure(config, data_dir, say))
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
-        return asyncio.run(_measure(config, Path(tmp), say))
+    return run_bench(
+        lambda folder, say: _measure(config, folder, say), data_dir, progress, prefix="hearth-bench-"
+    )

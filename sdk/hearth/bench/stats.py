@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -17,15 +16,3 @@ def percentile(values: Sequence[float], q: float) -> float:
     if low == high:
         return ordered[low]
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def stack_client(stack: Any) -> Any:
-    """An AsyncClient (an async context manager) pointed at a running Stack."""
-    from hearth.client import AsyncClient
-
-    return AsyncClient(
-        orchestrator=stack.addresses["orchestratord"],
-        pool=stack.addresses["pool-managerd"],
-        memory=stack.addresses["memoryd"],
-        router=stack.addresses["routerd"],
-    )

@@ -20,7 +20,6 @@ import httpx
 
 from hearth.chat import ChatMessage, ToolCall, ToolCallAssembler, ToolCallDelta
 from hearth.errors import HearthError, InvalidArgument, Unavailable
-from hearth.runtime.redaction import redact
 from workerd.adapters.engines.remote_engine import (
     Emit,
     RemoteChatEngine,
@@ -118,28 +117,16 @@ class AnthropicEngine(RemoteChatEngine):
                 timeout=httpx.Timeout(self._timeout_seconds, connect=self._connect_timeout_seconds),
                 max_retries=self._max_retries,
             )
+        await self._check_upstream()
+
+    async def _list_models(self) -> list[str] | None:
+        if self._client is None:
+            raise Unavailable("the anthropic engine is not started", reason="ENGINE_NOT_READY")
         try:
             page = await self._client.models.list()
         except anthropic.NotFoundError:
-            log.warning(
-                "the upstream %s has no models list; assuming it serves %r",
-                self._where(),
-                self._upstream_model,
-            )
-            return
-        except Exception as err:
-            mapped = self._map_error(err)
-            if mapped is None:
-                raise
-            raise mapped from None
-        listed = [model.id for model in page.data]
-        if self._upstream_model not in listed:
-            log.warning(
-                "the upstream %s does not list model %r (an alias is not listed; it lists %s)",
-                self._where(),
-                self._upstream_model,
-                ", ".join(listed[:20]) or "none",
-            )
+            return None
+        return [model.id for model in page.data]
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
@@ -154,9 +141,6 @@ class AnthropicEngine(RemoteChatEngine):
 
     def _upstream(self) -> str:
         return self._base_url or "https://api.anthropic.com"
-
-    def _where(self) -> str:
-        return redact(self._upstream())
 
     # -- one call ---------------------------------------------------------------
 

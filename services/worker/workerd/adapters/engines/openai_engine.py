@@ -24,7 +24,6 @@ import openai
 
 from hearth.chat import ChatMessage, ToolCallAssembler, ToolCallDelta
 from hearth.errors import HearthError, Unavailable
-from hearth.runtime.redaction import redact
 from workerd.adapters.engines.remote_engine import (
     Emit,
     RemoteChatEngine,
@@ -136,32 +135,12 @@ class OpenAIEngine(RemoteChatEngine):
             max_retries=self._max_retries,
         )
 
-    async def _check_upstream(self) -> None:
-        client = self._require_client()
+    async def _list_models(self) -> list[str] | None:
         try:
-            page = await client.models.list()
+            page = await self._require_client().models.list()
         except openai.NotFoundError:
-            log.warning(
-                "the upstream %s has no models list; assuming it serves %r",
-                self._where(),
-                self._upstream_model,
-            )
-            return
-        except Exception as err:
-            mapped = self._map_error(err)
-            if mapped is None:
-                raise
-            raise mapped from None
-        listed = [model.id for model in page.data]
-        if self._upstream_model not in listed:
-            log.warning(
-                "the upstream %s does not list model %r (it lists %s); generations fail until it serves it",
-                self._where(),
-                self._upstream_model,
-                ", ".join(listed[:20]) or "none",
-            )
-        else:
-            log.info("the upstream %s serves %r", self._where(), self._upstream_model)
+            return None
+        return [model.id for model in page.data]
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
@@ -181,9 +160,6 @@ class OpenAIEngine(RemoteChatEngine):
 
     def _upstream(self) -> str:
         return self._base_url
-
-    def _where(self) -> str:
-        return redact(self._base_url)
 
     # -- one call ---------------------------------------------------------------
 

@@ -323,6 +323,43 @@ class RemoteChatEngine(Engine):
         :meth:`_map_error` translates them."""
 
     @abc.abstractmethod
+    async def _list_models(self) -> list[str] | None:
+        """The model ids the upstream lists; None when it has no models list.
+        Library errors may propagate; :meth:`_map_error` translates them."""
+
+    def _where(self) -> str:
+        """The upstream's base URL for logs and messages, credentials redacted."""
+        return redact(self._upstream())
+
+    async def _check_upstream(self) -> None:
+        """Check that the upstream answers and lists the model (a missing
+        model is a warning: an alias may not be listed, and a server may load
+        it later). Raises the mapped error when the upstream cannot be used."""
+        try:
+            listed = await self._list_models()
+        except Exception as err:
+            mapped = self._map_error(err)
+            if mapped is None:
+                raise
+            raise mapped from None
+        if listed is None:
+            log.warning(
+                "the upstream %s has no models list; assuming it serves %r",
+                self._where(),
+                self._upstream_model,
+            )
+        elif self._upstream_model not in listed:
+            log.warning(
+                "the upstream %s does not list model %r (it lists %s); an alias is not listed, "
+                "and generations fail if it does not serve it",
+                self._where(),
+                self._upstream_model,
+                ", ".join(listed[:20]) or "none",
+            )
+        else:
+            log.info("the upstream %s serves %r", self._where(), self._upstream_model)
+
+    @abc.abstractmethod
     def _map_error(self, error: Exception) -> HearthError | None:
         """The Hearth error for a client-library or transport error; None for
         one it does not know (reported as INTERNAL)."""
