@@ -9,7 +9,6 @@ service or memoryd, convert the answer.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
@@ -47,8 +46,8 @@ from orchestratord.api.openai_http.errors import (
 from orchestratord.api.openai_http.inflight import (
     JobEventStream,
     JobRequests,
+    race_client,
     shutting_down_error,
-    wait_for_disconnect,
 )
 from orchestratord.api.openai_http.ports import ChatJobs, Embeddings
 from orchestratord.api.openai_http.schemas import ChatCompletionBody, EmbeddingBody
@@ -131,16 +130,10 @@ def create_app(
         """Wait for the job's end, the client going away, or the server closing."""
         headers = {JOB_ID_HEADER: ticket.job_id}
         with requests.track(ticket):
-            collect = asyncio.create_task(collect_completion(jobs, ticket, writer))
-            disconnected = asyncio.create_task(wait_for_disconnect(request.receive))
-            closing = asyncio.create_task(requests.closing.wait())
-            tasks = (collect, disconnected, closing)
-            try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait(tasks)
+            raced = await race_client(
+                collect_completion(jobs, ticket, writer), request.receive, requests.closing
+            )
+            collect = raced.work
             if collect.done() and not collect.cancelled():
                 problem = collect.exception()
                 if isinstance(problem, OpenAIError):
@@ -149,7 +142,7 @@ def create_app(
                 if problem is not None:
                     raise problem
                 return JSONResponse(collect.result(), headers=headers)
-            if disconnected.done() and not disconnected.cancelled():
+            if raced.client_gone:
                 return Response(status_code=CLIENT_CLOSED_REQUEST, headers=headers)
             error = shutting_down_error()
             error.headers.update(headers)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
@@ -120,6 +121,31 @@ async def wait_for_disconnect(receive: Receive) -> None:
             return
 
 
+@dataclass(frozen=True, slots=True)
+class Raced:
+    """How :func:`race_client` ended: the work's task (done or cancelled),
+    and whether the client went away first."""
+
+    work: asyncio.Task[Any]
+    client_gone: bool
+
+
+async def race_client(work: Coroutine[Any, Any, Any], receive: Receive, closing: asyncio.Event) -> Raced:
+    """Run ``work`` until it ends, the client goes away, or the server
+    closes, whichever comes first; the others are cancelled and awaited."""
+    task = asyncio.create_task(work)
+    disconnected = asyncio.create_task(wait_for_disconnect(receive))
+    closed = asyncio.create_task(closing.wait())
+    tasks = (task, disconnected, closed)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in tasks:
+            pending.cancel()
+        await asyncio.wait(tasks)
+    return Raced(task, disconnected.done() and not disconnected.cancelled())
+
+
 class JobEventStream(Response):
     """A ``text/event-stream`` response of one job's events that ends with
     the job, or as soon as the client goes away (the job is then cancelled),
@@ -151,18 +177,10 @@ class JobEventStream(Response):
             await send(
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
-            pump = asyncio.create_task(self._pump(send))
-            disconnected = asyncio.create_task(wait_for_disconnect(receive))
-            closing = asyncio.create_task(self._requests.closing.wait())
-            tasks = (pump, disconnected, closing)
-            try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait(tasks)
-            if disconnected.done() and not disconnected.cancelled():
+            raced = await race_client(self._pump(send), receive, self._requests.closing)
+            if raced.client_gone:
                 return  # the client is gone: nothing more to send
+            pump = raced.work
             ending = b""
             if pump.cancelled():
                 ending = server_sent(shutting_down_error().body())
