@@ -162,10 +162,14 @@ class ToolCallAssembler:
 
 
 def parse_tool_parameters(text: str) -> dict[str, Any]:
-    """A tool's parameters_json as a dict; ValueError when it is not a JSON object."""
+    """A tool's parameters_json as a dict; ValueError when it is not a JSON
+    object (or nests too deep for the parser)."""
     if not text:
         return {}
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("the parameters nest too deep") from None
     if not isinstance(value, dict):
         raise ValueError("the parameters must be a JSON Schema object")
     return value

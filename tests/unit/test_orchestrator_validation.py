@@ -9,6 +9,7 @@ import pytest
 
 from hearth.api.orchestrator.v1 import orchestrator_pb2 as pb
 from hearth.api.router.v1 import router_pb2
+from hearth.chat import ChatMessage, Tool
 from hearth.errors import InvalidArgument
 from orchestratord.api.convert import draft_from_request, spec_to_proto
 from orchestratord.domain.jobs import JobSpec, Priority
@@ -22,6 +23,15 @@ from orchestratord.domain.validation import (
 
 pytestmark = pytest.mark.unit
 
+
+def _nested(depth: int) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+DEEP = _nested(40)
 LIMITS = SubmitLimits(max_prompt_chars=100, default_max_tokens=256, default_timeout_seconds=600)
 
 
@@ -44,7 +54,31 @@ LIMITS = SubmitLimits(max_prompt_chars=100, default_max_tokens=256, default_time
         (JobDraft(prompt="hi", paths=("a",) * 257), "spec.paths", "INVALID_FIELD"),
         (JobDraft(prompt="hi", paths=("ok", "")), "spec.paths[1]", "INVALID_FIELD"),
         (JobDraft(prompt="hi", paths=("x" * 4097,)), "spec.paths[0]", "INVALID_FIELD"),
-        (JobDraft(prompt="hi", paths=("a\x00b",)), "spec.paths[0]", "INVALID_FIELD"),
+        (JobDraft(prompt="hi", paths=("a\x00b",)), "spec.paths[0]", "INVALID_TEXT"),
+        (JobDraft(prompt="hi\x00there"), "spec.prompt", "INVALID_TEXT"),
+        (JobDraft(prompt="hi", labels={"team": "a\ud800"}), "spec.labels['team']", "INVALID_TEXT"),
+        (
+            JobDraft(messages=(ChatMessage("user", "lone \udc00 surrogate"),)),
+            "spec.messages[0].content",
+            "INVALID_TEXT",
+        ),
+        (JobDraft(prompt="hi", agent="bot\x00"), "spec.agent", "INVALID_TEXT"),
+        (JobDraft(prompt="hi", tools=(Tool("t", "say \x00"),)), "spec.tools[0].description", "INVALID_TEXT"),
+        (
+            JobDraft(prompt="hi", tools=(Tool("t", parameters={"type": "object", "x": "\x00"}),)),
+            "spec.tools[0].parameters_json",
+            "INVALID_TEXT",
+        ),
+        (
+            JobDraft(prompt="hi", tools=(Tool("t", parameters=DEEP),)),
+            "spec.tools[0].parameters_json",
+            "SCHEMA_TOO_DEEP",
+        ),
+        (
+            JobDraft(prompt="hi", tools=(Tool("t", parameters={"type": "object", "d": "x" * 70_000}),)),
+            "spec.tools[0].parameters_json",
+            "SCHEMA_TOO_LARGE",
+        ),
         (JobDraft(prompt="hi", data_class="L9"), "spec.data_class", "INVALID_FIELD"),
         (JobDraft(prompt="hi", agent="a" * 257), "spec.agent", "INVALID_FIELD"),
         (JobDraft(prompt="hi", memory_context_tokens=-1), "spec.memory_context_tokens", "INVALID_FIELD"),

@@ -104,6 +104,11 @@ class Settings(ServiceSettings):
         default=8192, ge=1, description="sim: context length of the simulated model."
     )
     sim_load_seconds: float = Field(default=0.0, ge=0, description="sim: simulated time a model load takes.")
+    sim_words: list[str] = Field(
+        default_factory=list,
+        description="sim: the words it streams (each token is one, after a space); empty for lorem ipsum."
+        " Any text works, control characters included, for tests of what a model may emit.",
+    )
     vllm_command: list[str] = Field(
         default_factory=lambda: ["vllm", "serve"],
         description="vllm: the command that starts the server (the model and flags are appended).",

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hearth.chat import ToolCall
 from orchestratord.adapters.schema import job_events, jobs, runs
+from orchestratord.adapters.storable import dumps_storable
 from orchestratord.domain.jobs import (
     Failed,
     JobEnd,
@@ -40,8 +41,15 @@ RESTARTED_MESSAGE = "the orchestrator restarted while the job was running"
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """The service's async engine. asyncpg, a small pool, pre-ping off (the
-    journal retries a failed batch anyway)."""
-    return create_async_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_recycle=3600)
+    journal retries a failed batch anyway); every jsonb value is written
+    storable (see ``storable``)."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        pool_recycle=3600,
+        json_serializer=dumps_storable,
+    )
 
 
 def _ts(epoch: float) -> datetime:

@@ -1,5 +1,6 @@
 """The orchestrator's tables, as SQLAlchemy Core. The migrations (0001, then
-0002) create exactly these; a change here needs a new migration."""
+0002) create exactly these; a change here needs a new migration. Text a
+model or a caller can fill is :class:`StorableText` (PostgreSQL refuses NUL)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
+from orchestratord.adapters.storable import StorableText
+
 metadata = MetaData()
 
 #: One row per job: the spec, where it is, how it ended.
@@ -33,9 +36,9 @@ jobs = Table(
     Column("spec", JSONB, nullable=False),
     Column("route_chain", JSONB, nullable=False),
     Column("routing_report", JSONB, nullable=False),
-    Column("output", Text, nullable=False, server_default=""),
-    Column("end_reason", Text, nullable=False, server_default=""),
-    Column("end_message", Text, nullable=False, server_default=""),
+    Column("output", StorableText, nullable=False, server_default=""),
+    Column("end_reason", StorableText, nullable=False, server_default=""),
+    Column("end_message", StorableText, nullable=False, server_default=""),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
     Column("started_at", TIMESTAMP(timezone=True), nullable=True),
     Column("ended_at", TIMESTAMP(timezone=True), nullable=True),

@@ -22,6 +22,7 @@ from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
 from hearth.errors import Unavailable, from_rpc_error
+from orchestratord.adapters.storable import storable
 from orchestratord.api.convert import DATA_CLASS_PROTO
 from orchestratord.domain.context import ContextItem, ContextSection
 from orchestratord.domain.jobs import RouteDecision
@@ -239,12 +240,14 @@ class GrpcWorkers:
                     return
                 which = message.WhichOneof("event")
                 if which == "tokens":
+                    # Model text is made storable here, where it enters, so
+                    # what watchers see live is what the journal stores.
                     chunk = message.tokens
                     if chunk.tool_calls:
-                        pieces = tuple(chat.delta_from_proto(d) for d in chunk.tool_calls)
-                        yield TokenChunk(chunk.text, chunk.token_count, pieces)
+                        pieces = tuple(_storable_delta(chat.delta_from_proto(d)) for d in chunk.tool_calls)
+                        yield TokenChunk(storable(chunk.text), chunk.token_count, pieces)
                     else:
-                        yield TokenChunk(chunk.text, chunk.token_count)
+                        yield TokenChunk(storable(chunk.text), chunk.token_count)
                 elif which == "started":
                     yield GenerationStarted(message.started.input_tokens)
                 elif which == "finished":
@@ -253,7 +256,7 @@ class GrpcWorkers:
                         _FINISH_REASONS.get(done.finish_reason, "STOP"),
                         done.input_tokens,
                         done.output_tokens,
-                        tuple(chat.tool_call_from_proto(c) for c in done.tool_calls),
+                        tuple(_storable_call(chat.tool_call_from_proto(c)) for c in done.tool_calls),
                     )
         except grpc.aio.AioRpcError as err:
             raise worker_error(err) from None
@@ -308,6 +311,16 @@ _WORKER_CHANNEL_OPTIONS = [
     ("grpc.http2.lookahead_bytes", 1024),
     ("grpc.http2.bdp_probe", 0),
 ]
+
+
+def _storable_delta(delta: chat.ToolCallDelta) -> chat.ToolCallDelta:
+    return chat.ToolCallDelta(
+        delta.index, storable(delta.id), storable(delta.name), storable(delta.arguments)
+    )
+
+
+def _storable_call(call: chat.ToolCall) -> chat.ToolCall:
+    return chat.ToolCall(storable(call.id), storable(call.name), storable(call.arguments))
 
 
 def open_worker_channel(address: str) -> grpc.aio.Channel:

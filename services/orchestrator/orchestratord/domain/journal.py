@@ -9,6 +9,9 @@ A job's end goes through the same buffer: the batch that carries it also
 carries every event of that job still pending, written first, so the
 terminal transaction never lands before the events it follows, and
 :meth:`EventJournal.write_end` returns only once all of it is committed.
+
+A batch that keeps failing is written again job by job, so rows the store
+refuses for good hold back only their own job, never every job of the stack.
 """
 
 from __future__ import annotations
@@ -116,9 +119,11 @@ class EventJournal:
             )
             self._fail_waiters(JournalClosed(str(err)))
 
-    async def flush(self) -> None:
-        """Write everything pending now, in one batch. Raises when the store
-        fails; the batch is then kept for the next attempt."""
+    async def flush(self, *, by_job: bool = False) -> None:
+        """Write everything pending now, in one batch, or with ``by_job`` in
+        one transaction per job. Raises when the store fails; what failed is
+        then kept for the next attempt (with ``by_job``, only the jobs whose
+        writes failed)."""
         async with self._write_lock:
             if not self._events and not self._ends:
                 return
@@ -127,15 +132,32 @@ class EventJournal:
             waiters, self._end_waiters = self._end_waiters, []
             self._pending.clear()
             self._urgent.clear()
-            try:
-                await self._store.write_batch(events, ends)
-            except BaseException:
-                # Keep the batch, in order, ahead of anything that came since.
-                self._events[:0] = events
-                self._ends[:0] = ends
-                self._end_waiters[:0] = waiters
+            batches = _split_by_job(events, ends, waiters) if by_job else [(events, ends, waiters)]
+            failed: list[_Batch] = []
+            error: BaseException | None = None
+            for index, batch in enumerate(batches):
+                try:
+                    await self._store.write_batch(batch[0], batch[1])
+                except BaseException as err:
+                    failed.append(batch)
+                    error = err
+                    if not isinstance(err, Exception):  # cancelled: the rest stays unwritten
+                        failed.extend(batches[index + 1 :])
+                        break
+                else:
+                    self._committed(*batch)
+            if failed:
+                # Keep what failed, in order, ahead of anything that came since.
+                self._events[:0] = [e for batch in failed for e in batch[0]]
+                self._ends[:0] = [e for batch in failed for e in batch[1]]
+                self._end_waiters[:0] = [w for batch in failed for w in batch[2]]
                 self._pending.set()
-                raise
+                assert error is not None
+                raise error
+
+    def _committed(
+        self, events: list[JobEvent], ends: list[JobEnd], waiters: list[asyncio.Future[None]]
+    ) -> None:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -157,7 +179,9 @@ class EventJournal:
                     async with asyncio.timeout(self._interval):
                         await self._urgent.wait()
             try:
-                await self.flush()
+                # After a second failure in a row, one job's rows may be what
+                # the store refuses: isolate it so every other job goes on.
+                await self.flush(by_job=failures >= 2)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -174,3 +198,21 @@ class EventJournal:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
+
+
+_Batch = tuple[list[JobEvent], list[JobEnd], list[asyncio.Future[None]]]
+
+
+def _split_by_job(
+    events: list[JobEvent], ends: list[JobEnd], waiters: list[asyncio.Future[None]]
+) -> list[_Batch]:
+    """One batch per job, in order of each job's first pending row; a job's
+    end waiter goes with its end."""
+    batches: dict[str, _Batch] = {}
+    for event in events:
+        batches.setdefault(event.job_id, ([], [], []))[0].append(event)
+    for end, waiter in zip(ends, waiters, strict=True):
+        batch = batches.setdefault(end.event.job_id, ([], [], []))
+        batch[1].append(end)
+        batch[2].append(waiter)
+    return list(batches.values())

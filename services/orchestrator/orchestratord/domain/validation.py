@@ -3,6 +3,7 @@ router or the database. Each failure names the request field it is about."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -14,6 +15,8 @@ from hearth.errors import InvalidArgument
 from orchestratord.domain.jobs import DATA_CLASSES, JobSpec, Priority
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# NUL and lone surrogates: no engine, store or client handles them as text.
+_UNTEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ class SubmitLimits:
     max_paths: int = 256
     max_path_chars: int = 4096
     max_agent_chars: int = 256
+    #: A tool's parameters schema: most nesting, and most characters as JSON.
+    max_schema_depth: int = 32
+    max_schema_chars: int = 65_536
     default_max_tokens: int = 256
     default_timeout_seconds: float = 600.0
 
@@ -78,8 +84,10 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
     either memory flag), ``spec.timeout``, ``spec.paths`` / ``spec.paths[i]``
     (at most 256, each 1-4096 characters without NUL), ``spec.data_class``
     (a known class), ``spec.agent``, ``spec.memory_context_tokens`` (not
-    negative), ``request_id`` (must be a UUID).
+    negative), ``request_id`` (must be a UUID). Any text field holding a NUL
+    or a lone surrogate is refused with reason INVALID_TEXT, naming it.
     """
+    _check_text_fields(draft)
     if draft.messages:
         if draft.prompt:
             raise InvalidArgument("spec.prompt", "must be empty when messages are given (one or the other)")
@@ -145,6 +153,61 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
     return Submission(spec, request_id)
 
 
+def check_text(where: str, value: str) -> None:
+    """InvalidArgument (reason INVALID_TEXT) naming ``where`` when ``value``
+    holds a NUL character or a lone surrogate."""
+    bad = _UNTEXT.search(value)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise InvalidArgument(where, f"holds {what} at offset {bad.start()}", reason="INVALID_TEXT")
+
+
+def _check_text_fields(draft: JobDraft) -> None:
+    for name in ("prompt", "model", "role", "project_id", "task_id", "agent", "tool_choice"):
+        check_text(f"spec.{name}", getattr(draft, name))
+    for key, value in draft.labels.items():
+        check_text("spec.labels", key)
+        check_text(f"spec.labels[{key!r}]", value)
+    for index, message in enumerate(draft.messages):
+        where = f"spec.messages[{index}]"
+        check_text(f"{where}.content", message.content)
+        check_text(f"{where}.name", message.name)
+        check_text(f"{where}.tool_call_id", message.tool_call_id)
+        for number, call in enumerate(message.tool_calls):
+            for part in ("id", "name", "arguments"):
+                check_text(f"{where}.tool_calls[{number}].{part}", getattr(call, part))
+    for index, tool in enumerate(draft.tools):
+        check_text(f"spec.tools[{index}].name", tool.name)
+        check_text(f"spec.tools[{index}].description", tool.description)
+
+
+def _check_schema(where: str, schema: object, limits: SubmitLimits) -> None:
+    """A tool's parameters schema: bounded nesting, and text in it valid."""
+    stack: list[tuple[object, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.max_schema_depth:
+            raise InvalidArgument(
+                where, f"nests deeper than {limits.max_schema_depth} levels", reason="SCHEMA_TOO_DEEP"
+            )
+        if isinstance(node, str):
+            check_text(where, node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                check_text(where, str(key))
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+    size = len(json.dumps(schema))
+    if size > limits.max_schema_chars:
+        raise InvalidArgument(
+            where,
+            f"is {size} characters as JSON; the limit is {limits.max_schema_chars}",
+            reason="SCHEMA_TOO_LARGE",
+            limit=str(limits.max_schema_chars),
+        )
+
+
 def _check_routing_facts(draft: JobDraft, limits: SubmitLimits) -> None:
     if len(draft.paths) > limits.max_paths:
         raise InvalidArgument("spec.paths", f"has {len(draft.paths)} paths; the limit is {limits.max_paths}")
@@ -155,8 +218,7 @@ def _check_routing_facts(draft: JobDraft, limits: SubmitLimits) -> None:
             raise InvalidArgument(
                 f"spec.paths[{index}]", f"is {len(path)} characters; the limit is {limits.max_path_chars}"
             )
-        if "\x00" in path:
-            raise InvalidArgument(f"spec.paths[{index}]", "must not contain a NUL character")
+        check_text(f"spec.paths[{index}]", path)
     if draft.data_class and draft.data_class not in DATA_CLASSES:
         raise InvalidArgument(
             "spec.data_class", f"unknown data class {draft.data_class!r}; one of {', '.join(DATA_CLASSES)}"
@@ -220,6 +282,7 @@ def _check_tools(tools: tuple[Tool, ...], tool_choice: str, limits: SubmitLimits
         names.add(tool.name)
         if tool.parameters and tool.parameters.get("type", "object") != "object":
             raise InvalidArgument(f"{where}.parameters_json", "must be a JSON Schema of type object")
+        _check_schema(f"{where}.parameters_json", dict(tool.parameters), limits)
     if tool_choice in ("", "auto", "none"):
         return
     if not tools:

@@ -259,7 +259,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         value = json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise OpenAIError(
             400, "We could not parse the JSON body of your request.", code="invalid_json"
         ) from None

@@ -40,6 +40,7 @@ def build_engine(settings: Settings, model: str, *, read_gpu: Callable[[], GpuSt
             decode_seconds_per_step=settings.sim_decode_seconds_per_step,
             max_batch=settings.sim_max_batch,
             load_seconds=settings.sim_load_seconds,
+            words=tuple(settings.sim_words),
         )
     entry = next((m for m in settings.models if m.name == model), None)
     if entry is None:

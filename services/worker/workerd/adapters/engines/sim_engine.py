@@ -70,10 +70,14 @@ class _Sequence:
         "queue",
         "ready_at",
         "rng",
+        "words",
     )
 
-    def __init__(self, job_id: str, input_tokens: int, max_tokens: int, seed: int) -> None:
+    def __init__(
+        self, job_id: str, input_tokens: int, max_tokens: int, seed: int, words: tuple[str, ...]
+    ) -> None:
         self.job_id = job_id
+        self.words = words
         self.input_tokens = input_tokens
         self.max_tokens = max_tokens
         self.rng = random.Random(f"{seed}:{job_id}")
@@ -86,7 +90,7 @@ class _Sequence:
         self.aborted = False
 
     def next_token(self) -> str:
-        return " " + self.rng.choice(_WORDS)
+        return " " + self.rng.choice(self.words)
 
 
 class SimEngine(Engine):
@@ -130,12 +134,14 @@ class SimEngine(Engine):
         decode_seconds_per_step: float = 0.01,
         max_batch: int = 256,
         load_seconds: float = 0.0,
+        words: tuple[str, ...] = (),
     ) -> None:
         if context_length < 1 or max_batch < 1:
             raise ValueError("context_length and max_batch must be at least 1")
         if prefill_seconds_per_token < 0 or decode_seconds_per_step < 0 or load_seconds < 0:
             raise ValueError("simulated times must not be negative")
         self._load_seconds = load_seconds
+        self._words = words or tuple(_WORDS)
         self._model = ServedModel(model, context_length)
         self._prefill_seconds_per_token = prefill_seconds_per_token
         self._decode_seconds_per_step = decode_seconds_per_step
@@ -219,7 +225,7 @@ class SimEngine(Engine):
                 reason="JOB_ALREADY_RUNNING",
                 metadata={"job_id": request.job_id},
             )
-        seq = _Sequence(request.job_id, input_tokens, request.max_tokens, request.seed or 0)
+        seq = _Sequence(request.job_id, input_tokens, request.max_tokens, request.seed or 0, self._words)
         self._sequences[seq.job_id] = seq
         self._waiting.append(seq)
         self._wakeup.set()
