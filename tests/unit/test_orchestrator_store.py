@@ -59,7 +59,7 @@ async def insert(store: PostgresJobStore, job: ActiveJob) -> bool:
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert await upgrade_database(engine) == head_revision() == "0002"
+    assert await upgrade_database(engine) == head_revision() == "0003"
     async with engine.connect() as conn:
         tables = set(
             (
@@ -70,6 +70,15 @@ async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngi
             (await conn.execute(text("select indexname from pg_indexes where tablename = 'jobs'"))).scalars()
         )
     assert {"jobs", "job_events", "runs", "alembic_version"} <= tables
+    assert {
+        "projects",
+        "tasks",
+        "task_notes",
+        "task_links",
+        "context_overrides",
+        "context_snapshots",
+        "task_runs",
+    } <= tables
     assert {"jobs_request_id_key", "jobs_state_created_at_idx", "jobs_created_at_idx"} <= indexes
 
 

@@ -22,10 +22,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from hearth.api.orchestrator.v1 import orchestrator_pb2_grpc
+from hearth.api.tasks.v1 import tasks_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, open_channel, serve
 from orchestratord.adapters.embeddings import GrpcEmbeddings
 from orchestratord.adapters.metrics import OrchestratorMetrics
 from orchestratord.adapters.migrate import upgrade_database
+from orchestratord.adapters.model_facts import ConfiguredModels
 from orchestratord.adapters.nats_events import NatsEventPublisher
 from orchestratord.adapters.postgres import PostgresJobStore, create_engine
 from orchestratord.adapters.services import (
@@ -36,6 +38,7 @@ from orchestratord.adapters.services import (
     close_channels,
     open_worker_channel,
 )
+from orchestratord.adapters.task_store import PostgresTaskStore
 from orchestratord.api.openai_http import (
     ApiKeys,
     ApiKeysError,
@@ -48,6 +51,8 @@ from orchestratord.api.openai_http import (
 )
 from orchestratord.api.openai_http.server import split_listen
 from orchestratord.api.servicer import SERVICE_NAME, OrchestratorServicer
+from orchestratord.api.tasks_servicer import SERVICE_NAME as TASKS_SERVICE_NAME
+from orchestratord.api.tasks_servicer import TaskServicer
 from orchestratord.config import Settings
 from orchestratord.domain.active import ActiveJobs
 from orchestratord.domain.dispatcher import Dispatcher, DispatchSettings
@@ -56,6 +61,7 @@ from orchestratord.domain.journal import EventJournal
 from orchestratord.domain.queue import JobQueue
 from orchestratord.domain.service import JobService
 from orchestratord.domain.validation import SubmitLimits
+from orchestratord.domain.work import WorkLimits, WorkService
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +179,19 @@ async def run(settings: Settings) -> None:
         OrchestratorServicer(jobs),
         SERVICE_NAME,
     )
+    work = WorkService(
+        PostgresTaskStore(engine),
+        jobs,
+        GrpcMemory(memory_channel) if memory_channel is not None else None,
+        ConfiguredModels(settings.models, settings.roles),
+        WorkLimits(
+            default_context_budget=settings.task_context_tokens,
+            default_parallelism=settings.task_parallelism,
+            max_tokens=settings.task_max_tokens,
+            memory_top_k=settings.memory_context_top_k,
+        ),
+    )
+    host.add_service(tasks_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(work), TASKS_SERVICE_NAME)
 
     http: HttpApi | None = None
     if settings.http_listen:

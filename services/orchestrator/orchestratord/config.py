@@ -60,6 +60,13 @@ class Settings(ServiceSettings):
         "moves the job to the next target of its chain (TIMEOUT); 0: no such limit (the job's timeout "
         "still applies).",
     )
+    task_context_tokens: int = Field(
+        default=2048, gt=0, description="Context budget of a task that sets none, in tokens."
+    )
+    task_parallelism: int = Field(
+        default=4, gt=0, description="Tasks a project run starts at once when the request says 0."
+    )
+    task_max_tokens: int = Field(default=512, gt=0, description="max_tokens of a task run's job.")
     run_migrations: bool = Field(default=True, description="Bring the database schema up to date at start.")
     journal_flush_seconds: float = Field(
         default=0.02,

@@ -1,19 +1,22 @@
-"""The orchestrator's tables, as SQLAlchemy Core. The migrations (0001, then
-0002) create exactly these; a change here needs a new migration. Text a
+"""The orchestrator's tables, as SQLAlchemy Core. The migrations (0001 to
+0003) create exactly these; a change here needs a new migration. Text a
 model or a caller can fill is :class:`StorableText` (PostgreSQL refuses NUL)."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Double,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
     Table,
     Text,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
@@ -78,4 +81,132 @@ runs = Table(
     Column("trace_id", Text, nullable=False),
     Column("context_memory_ids", JSONB, nullable=False),
     Column("finish_reason", Text, nullable=False, server_default=""),
+)
+
+_EMPTY_OBJECT = text("'{}'::jsonb")
+_EMPTY_ARRAY = text("'[]'::jsonb")
+
+#: A project: the scope of tasks, written when its first task is created or
+#: its INDEX is first written, whichever comes first.
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("created_by", StorableText, nullable=False, server_default=""),
+    # The INDEX: a person's document about the project as a whole.
+    Column("index_document", StorableText, nullable=False, server_default=""),
+    Column("index_updated_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("index_updated_by", StorableText, nullable=False, server_default=""),
+)
+
+#: One row per task; never deleted (closed tasks keep closed_at/by).
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", Text, ForeignKey("projects.id"), nullable=False),
+    Column("name", StorableText, nullable=False, server_default=""),
+    Column("status", Text, nullable=False),
+    # Lower runs first (0 before 1).
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    # {"prompt": str, "messages": [ChatMessage.to_json()]}.
+    Column("input", JSONB, nullable=False),
+    Column("role", Text, nullable=False, server_default=""),
+    Column("model", Text, nullable=False, server_default=""),
+    Column("labels", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("requires_approval", Boolean, nullable=False, server_default=text("false")),
+    Column("approved", Boolean, nullable=False, server_default=text("false")),
+    Column("context_budget", Integer, nullable=False, server_default=text("0")),
+    Column("status_reason", StorableText, nullable=False, server_default=""),
+    Column("hold_reason", StorableText, nullable=False, server_default=""),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("created_by", StorableText, nullable=False, server_default=""),
+    Column("updated_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("updated_by", StorableText, nullable=False, server_default=""),
+    Column("closed_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("closed_by", StorableText, nullable=False, server_default=""),
+    # A project's tasks in the order they run.
+    Index("tasks_project_order_idx", "project_id", "priority", "created_at", "id"),
+)
+
+#: Notes on a task, only ever appended.
+task_notes = Table(
+    "task_notes",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("task_id", BigInteger, ForeignKey("tasks.id"), nullable=False),
+    Column("agent", StorableText, nullable=False, server_default=""),
+    Column("text", StorableText, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Index("task_notes_task_id_idx", "task_id", "id"),
+)
+
+#: from_task --kind--> to_task; the only rows that are ever deleted.
+task_links = Table(
+    "task_links",
+    metadata,
+    Column("from_task", BigInteger, ForeignKey("tasks.id"), primary_key=True),
+    Column("to_task", BigInteger, ForeignKey("tasks.id"), primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("created_by", StorableText, nullable=False, server_default=""),
+    # Incoming links (the primary key serves outgoing ones).
+    Index("task_links_to_task_idx", "to_task"),
+)
+
+#: A person's pins and excludes for a task's context; one row per task, replaced.
+context_overrides = Table(
+    "context_overrides",
+    metadata,
+    Column("task_id", BigInteger, ForeignKey("tasks.id"), primary_key=True),
+    Column("pins", JSONB, nullable=False, server_default=_EMPTY_ARRAY),
+    Column("excludes", JSONB, nullable=False, server_default=_EMPTY_ARRAY),
+    Column("set_by", StorableText, nullable=False, server_default=""),
+    Column("set_at", TIMESTAMP(timezone=True), nullable=False),
+)
+
+#: Context bundles by content hash, each stored once.
+context_snapshots = Table(
+    "context_snapshots",
+    metadata,
+    Column("hash", Text, primary_key=True),
+    Column("items", JSONB, nullable=False),
+    Column("budget", Integer, nullable=False),
+    Column("counter", Text, nullable=False),
+    Column("exact", Boolean, nullable=False),
+    Column("prompt", StorableText, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+)
+
+#: One execution of a task, with everything needed to reproduce it.
+task_runs = Table(
+    "task_runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("task_id", BigInteger, ForeignKey("tasks.id"), nullable=False),
+    Column("project_id", Text, ForeignKey("projects.id"), nullable=False),
+    Column("status", Text, nullable=False),
+    # NULL when the run ended before its context was assembled.
+    Column("context_hash", Text, ForeignKey("context_snapshots.hash"), nullable=True),
+    # The Hearth job; no foreign key: the run may name its job before the
+    # job's row is written, and jobs belong to the job store.
+    Column("job_id", UUID(as_uuid=False), nullable=True),
+    Column("rerun_of", BigInteger, ForeignKey("task_runs.id"), nullable=True),
+    Column("model", Text, nullable=False, server_default=""),
+    Column("engine", Text, nullable=False, server_default=""),
+    Column("weights_digest", Text, nullable=False, server_default=""),
+    Column("sampling", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("routing_report", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("input_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("output_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cost", Double, nullable=False, server_default=text("0")),
+    Column("output", StorableText, nullable=False, server_default=""),
+    Column("end_reason", StorableText, nullable=False, server_default=""),
+    Column("end_message", StorableText, nullable=False, server_default=""),
+    Column("started_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("ended_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("started_by", StorableText, nullable=False, server_default=""),
+    Index("task_runs_task_id_idx", "task_id", text("id DESC")),
+    Index("task_runs_project_id_idx", "project_id", text("id DESC")),
 )

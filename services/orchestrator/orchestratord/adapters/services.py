@@ -363,6 +363,15 @@ class GrpcMemory:
             if item.section in _CONTEXT_SECTIONS
         ]
 
+    async def get(self, project_id: str, memory_id: str, *, time_limit: float) -> str:
+        try:
+            reply = await self._require().Get(
+                memory_pb2.GetRequest(project_id=project_id, memory_id=memory_id), timeout=time_limit
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        return reply.memory.text
+
     async def store_interaction(
         self, interaction: Interaction, request_id: str, *, time_limit: float
     ) -> None:

@@ -114,7 +114,7 @@ def _split_micros(epoch: float) -> tuple[int, int]:
     return seconds, micros * 1000
 
 
-def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+def timestamp_of(epoch: float) -> timestamp_pb2.Timestamp:
     seconds, nanos = _split_micros(epoch)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
@@ -175,7 +175,7 @@ def job_to_proto(job: JobSnapshot) -> pb.Job:
         spec=spec_to_proto(job.spec),
         state=_STATE_PROTO[job.state],
         request_id=job.request_id or "",
-        create_time=_timestamp(job.created_at),
+        create_time=timestamp_of(job.created_at),
         output=job.output,
         end_reason=job.end_reason,
         end_message=job.end_message,
@@ -183,9 +183,9 @@ def job_to_proto(job: JobSnapshot) -> pb.Job:
         tool_calls=[chat.tool_call_to_proto(c) for c in job.tool_calls],
     )
     if job.started_at is not None:
-        message.start_time.CopyFrom(_timestamp(job.started_at))
+        message.start_time.CopyFrom(timestamp_of(job.started_at))
     if job.ended_at is not None:
-        message.end_time.CopyFrom(_timestamp(job.ended_at))
+        message.end_time.CopyFrom(timestamp_of(job.ended_at))
     if job.run is not None:
         message.run.CopyFrom(run_to_proto(job.run))
     if job.route.report:

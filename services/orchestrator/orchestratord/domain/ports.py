@@ -14,8 +14,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta
+from orchestratord.domain.bundles import TokenCount
 from orchestratord.domain.context import ContextItem
 from orchestratord.domain.jobs import JobEnd, JobEvent, JobSnapshot, JobState, RouteDecision
+from orchestratord.domain.tasks import (
+    ContextOverride,
+    ContextSnapshot,
+    Link,
+    LinkKind,
+    Project,
+    Task,
+    TaskNote,
+    TaskRun,
+    TaskStatus,
+)
 
 # --- router ----------------------------------------------------------------
 
@@ -227,6 +239,11 @@ class Memory(Protocol):
         0: memoryd's default number of retrieved memories)."""
         ...
 
+    async def get(self, project_id: str, memory_id: str, *, time_limit: float) -> str:
+        """A memory's text (pinned into a task's context). Raises NotFound
+        (MEMORY_NOT_FOUND) when the project holds no such memory."""
+        ...
+
     async def store_interaction(
         self, interaction: Interaction, request_id: str, *, time_limit: float
     ) -> None:
@@ -315,3 +332,119 @@ class JobMetrics(Protocol):
     def first_token(self, seconds: float) -> None: ...
 
     def tokens_relayed(self, count: int) -> None: ...
+
+
+# --- models ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the orchestrator knows of a model from the models config."""
+
+    name: str
+    context_length: int
+    price_input_per_1k: float = 0.0
+    price_output_per_1k: float = 0.0
+    #: The catalog's revision of the weights ("" when unknown).
+    weights_digest: str = ""
+
+
+class ModelCatalog(Protocol):
+    def facts(self, model: str) -> ModelFacts | None:
+        """The model called ``model``; None when it is not configured."""
+        ...
+
+    def resolve(self, model: str, role: str) -> ModelFacts | None:
+        """The model a job naming ``model`` and ``role`` would try first: the
+        model itself, else the role's first model (else the default role's)."""
+        ...
+
+    def counter(self, facts: ModelFacts | None) -> TokenCount:
+        """How to count tokens for that model: its own tokenizer when it is
+        local, else the estimate (the TokenCount says which)."""
+        ...
+
+
+# --- tasks -------------------------------------------------------------------
+
+
+class TaskStore(Protocol):
+    """Projects, tasks, links, notes, context overrides, snapshots and runs.
+
+    Nothing is ever deleted but links (``delete_link``); a task's history is
+    its notes, its status changes (updated_at/by, closed_at/by) and its runs.
+    """
+
+    async def get_project(self, project_id: str) -> Project | None:
+        """The project with its INDEX and its tasks counted by status;
+        None when no task or INDEX was ever written for it."""
+        ...
+
+    async def set_project_index(self, project_id: str, text: str, *, at: float, by: str) -> Project:
+        """Replace the project's INDEX document (index_updated_at/by set to
+        ``at``/``by``) and return the project. Creates the project when it
+        is new (created_at/by also ``at``/``by``): a person may write the
+        INDEX before the first task."""
+        ...
+
+    async def create_task(self, task: Task) -> Task:
+        """Insert a task (``task_id`` ignored) and return it with its id;
+        creates the project row when it is new."""
+        ...
+
+    async def get_task(self, task_id: int) -> Task | None: ...
+
+    async def list_tasks(self, project_id: str, *, status: TaskStatus | None = None) -> list[Task]:
+        """A project's tasks ordered by (priority, created_at, task_id)."""
+        ...
+
+    async def update_task(self, task: Task) -> Task:
+        """Write a task's mutable fields (status, reasons, approval, budget,
+        priority, labels, updated/closed times and agents)."""
+        ...
+
+    async def set_statuses(
+        self, changes: Sequence[tuple[int, TaskStatus, str]], *, at: float, by: str
+    ) -> None:
+        """Set (task_id, status, status_reason) for many tasks in one transaction."""
+        ...
+
+    async def add_note(self, task_id: int, agent: str, text: str, at: float) -> TaskNote: ...
+
+    async def list_notes(self, task_id: int) -> list[TaskNote]: ...
+
+    async def add_link(self, link: Link) -> bool:
+        """Insert a link; False when (from, to, kind) already exists."""
+        ...
+
+    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind) -> bool: ...
+
+    async def list_links(self, task_id: int) -> tuple[list[Link], list[Link]]:
+        """(outgoing, incoming) links of a task."""
+        ...
+
+    async def project_links(self, project_id: str, kind: LinkKind | None = None) -> list[Link]: ...
+
+    async def set_override(self, override: ContextOverride) -> None: ...
+
+    async def get_override(self, task_id: int) -> ContextOverride | None: ...
+
+    async def put_snapshot(self, snapshot: ContextSnapshot) -> bool:
+        """Store a snapshot unless its hash is stored; True when new."""
+        ...
+
+    async def get_snapshot(self, context_hash: str) -> ContextSnapshot | None: ...
+
+    async def create_run(self, run: TaskRun) -> TaskRun:
+        """Insert a run (``run_id`` ignored) and return it with its id."""
+        ...
+
+    async def finish_run(self, run: TaskRun) -> None:
+        """Write a run's end: status, job, model, engine, usage, output, times."""
+        ...
+
+    async def get_run(self, run_id: int) -> TaskRun | None: ...
+
+    async def list_runs(self, *, project_id: str = "", task_id: int = 0, limit: int = 100) -> list[TaskRun]:
+        """Runs, newest first, of a project or a task."""
+        ...

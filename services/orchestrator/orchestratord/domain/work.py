@@ -1,0 +1,981 @@
+"""The work service: tasks, links, context bundles, task runs and project runs.
+
+A task run is an ordinary Hearth job: the task's context bundle is assembled
+(:mod:`bundles`), rendered into the prompt, stored by content hash, and the
+prompt is submitted through :class:`JobService` like any other job (routed,
+traced, recorded); the run record keeps the snapshot's hash, the model and
+engine that served it, the sampling settings, the routing report, usage,
+cost and output, so :meth:`WorkService.rerun` can send the same prompt
+again and :meth:`WorkService.diff_runs` can say what changed.
+
+Statuses that follow from the graph (pending, ready, blocked) are derived by
+:func:`tasks.classify` and written back whenever something they depend on
+changes, so listing a project shows them as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hearth.chat import ChatMessage
+from hearth.errors import FailedPrecondition, HearthError, InvalidArgument, NotFound
+from orchestratord.domain.bundles import (
+    Bundle,
+    Candidate,
+    Tier,
+    allocate,
+    bundle_hash,
+    bundle_to_json,
+    render_prompt,
+)
+from orchestratord.domain.jobs import JobSnapshot, JobState
+from orchestratord.domain.ports import Memory, ModelCatalog, TaskStore
+from orchestratord.domain.run_diff import RunDiff, diff_runs
+from orchestratord.domain.service import JobService
+from orchestratord.domain.tasks import (
+    ContextOverride,
+    ContextSnapshot,
+    Link,
+    LinkKind,
+    Project,
+    RunStatus,
+    Task,
+    TaskInput,
+    TaskNote,
+    TaskRun,
+    TaskStatus,
+    classify,
+    find_cycle,
+)
+from orchestratord.domain.validation import JobDraft, SubmitLimits, check_text, validate_submission
+
+log = logging.getLogger(__name__)
+
+_PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_SOURCE = re.compile(r"(task):([0-9]{1,18})|(memory):([0-9a-fA-F-]{1,64})")
+#: A sibling's output goes in as its first characters only.
+SIBLING_CHARS = 600
+MAX_PRIORITY = 1_000_000
+#: A task's input is checked as SubmitJob checks a job's (a run is a job).
+_TASK_LIMITS = SubmitLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkLimits:
+    #: Context budget of a task that sets none, in tokens.
+    default_context_budget: int = 2048
+    #: Tasks a project run starts at once when the request says 0.
+    default_parallelism: int = 4
+    max_parallelism: int = 64
+    #: Sampling of task runs.
+    max_tokens: int = 512
+    temperature: float = 0.0
+    seed: int = 0
+    #: Memory hits offered as candidates (memoryd's GetContext top_k).
+    memory_top_k: int = 8
+    memory_time_limit: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A CreateTask request, before validation."""
+
+    project_id: str
+    name: str
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    priority: int = 0
+    role: str = ""
+    model: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    requires_approval: bool = False
+    context_budget: int = 0
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDetail:
+    task: Task
+    notes: list[TaskNote]
+    outgoing: list[Link]
+    incoming: list[Link]
+    runs: list[TaskRun]
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A task's bundle as a run would assemble it."""
+
+    bundle: Bundle
+    prompt: str
+    context_hash: str
+
+    def snapshot(self) -> ContextSnapshot:
+        return ContextSnapshot(
+            self.context_hash,
+            tuple(bundle_to_json(self.bundle)),
+            self.bundle.budget,
+            self.bundle.counter,
+            self.bundle.exact,
+            self.prompt,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """A change of one task during a project run."""
+
+    task: Task
+    run: TaskRun | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRunSummary:
+    done: int
+    failed: int
+    blocked: int
+    not_run: int
+    stopped_on_failure: bool
+    blocked_tasks: list[Task]
+
+
+ProjectRunUpdate = TaskUpdate | ProjectRunSummary
+
+
+def context_hash(bundle: Bundle, prompt: str) -> str:
+    """The snapshot's name: its bundle and the exact prompt made from it (two
+    tasks with equal context but other inputs get other snapshots)."""
+    return hashlib.sha256(f"{bundle_hash(bundle)}\n{prompt}".encode()).hexdigest()
+
+
+class WorkService:
+    """Tasks and runs over the task store and the job service.
+
+    Args:
+        store: the task store (PostgreSQL).
+        jobs: submits and follows the job of each task run.
+        memory: memoryd, for memory hits and pinned memories; None leaves
+            the memory tier empty.
+        models: what is known of each model: context length, prices, a
+            local tokenizer.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        jobs: JobService,
+        memory: Memory | None,
+        models: ModelCatalog,
+        limits: WorkLimits = WorkLimits(),
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._memory = memory
+        self._models = models
+        self._limits = limits
+        self._clock = clock
+        # Tasks with a run in flight in this process: a second RunTask of the
+        # same task (or a project run picking it twice) is refused.
+        self._running: set[int] = set()
+        self._project_runs: set[str] = set()
+
+    # --- tasks -----------------------------------------------------------
+
+    async def create_task(self, new: NewTask) -> Task:
+        """Validate and store a task; its status follows from approval (a task
+        has no links yet, so it starts ready or waiting for approval)."""
+        project_id = _check_project_id(new.project_id)
+        _check_name(new.name)
+        if not (0 <= new.priority <= MAX_PRIORITY):
+            raise InvalidArgument("priority", f"must be between 0 and {MAX_PRIORITY}")
+        _check_task_input(new)
+        self._check_budget(new.context_budget, new.model, new.role)
+        now = self._clock()
+        status = TaskStatus.WAITING_APPROVAL if new.requires_approval else TaskStatus.READY
+        task = Task(
+            task_id=0,
+            project_id=project_id,
+            name=new.name.strip(),
+            status=status,
+            input=TaskInput(new.prompt, new.messages),
+            priority=new.priority,
+            role=new.role,
+            model=new.model,
+            labels=dict(new.labels),
+            requires_approval=new.requires_approval,
+            context_budget=new.context_budget,
+            created_at=now,
+            created_by=new.agent,
+            updated_at=now,
+            updated_by=new.agent,
+        )
+        return await self._store.create_task(task)
+
+    async def get_task(self, task_id: int) -> Task:
+        task = await self._store.get_task(_check_task_id(task_id))
+        if task is None:
+            raise _task_not_found(task_id)
+        return task
+
+    async def task_detail(self, task_id: int) -> TaskDetail:
+        task = await self.get_task(task_id)
+        outgoing, incoming = await self._store.list_links(task.task_id)
+        notes = await self._store.list_notes(task.task_id)
+        runs = await self._store.list_runs(task_id=task.task_id, limit=20)
+        return TaskDetail(task, notes, outgoing, incoming, runs)
+
+    async def list_tasks(self, project_id: str, status: TaskStatus | None = None) -> list[Task]:
+        await self._require_project(project_id)
+        return await self._store.list_tasks(project_id, status=status)
+
+    async def add_note(self, task_id: int, agent: str, text: str) -> TaskNote:
+        task = await self.get_task(task_id)
+        if not text.strip():
+            raise InvalidArgument("text", "must not be empty or blank")
+        check_text("text", text)
+        check_text("agent", agent)
+        return await self._store.add_note(task.task_id, agent, text, self._clock())
+
+    async def close_task(self, task_id: int, status: TaskStatus, reason: str, agent: str) -> Task:
+        """A person or an agent closes a task: done, failed or cancelled."""
+        if status not in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise InvalidArgument("status", "must be DONE, FAILED or CANCELLED")
+        check_text("reason", reason)
+        task = await self.get_task(task_id)
+        if task.task_id in self._running or task.status is TaskStatus.RUNNING:
+            raise FailedPrecondition(
+                f"task {task_id} is running; cancel its job first", reason="TASK_RUNNING"
+            )
+        now = self._clock()
+        await self._store.update_task(
+            replace(
+                task,
+                status=status,
+                status_reason=reason,
+                hold_reason="",
+                updated_at=now,
+                updated_by=agent,
+                closed_at=now,
+                closed_by=agent,
+            )
+        )
+        await self._store.add_note(task.task_id, agent, f"closed as {status.value}: {reason or '-'}", now)
+        await self.refresh(task.project_id, by=agent)
+        return await self.get_task(task.task_id)
+
+    async def hold_task(self, task_id: int, reason: str, agent: str) -> Task:
+        if not reason.strip():
+            raise InvalidArgument("reason", "say why the task is held")
+        check_text("reason", reason)
+        task = await self._open_task(task_id)
+        now = self._clock()
+        await self._store.update_task(
+            replace(
+                task,
+                status=TaskStatus.BLOCKED,
+                hold_reason=reason,
+                status_reason=f"held by {agent or 'someone'}: {reason}",
+                updated_at=now,
+                updated_by=agent,
+            )
+        )
+        await self.refresh(task.project_id, by=agent)
+        return await self.get_task(task.task_id)
+
+    async def release_task(self, task_id: int, agent: str) -> Task:
+        task = await self._open_task(task_id)
+        now = self._clock()
+        status = (
+            TaskStatus.WAITING_APPROVAL
+            if task.requires_approval and not task.approved
+            else TaskStatus.PENDING
+        )
+        await self._store.update_task(
+            replace(task, status=status, hold_reason="", status_reason="", updated_at=now, updated_by=agent)
+        )
+        await self.refresh(task.project_id, by=agent)
+        return await self.get_task(task.task_id)
+
+    # --- links -----------------------------------------------------------
+
+    async def create_link(
+        self, from_task: int, to_task: int, kind: LinkKind, agent: str
+    ) -> tuple[Link, bool]:
+        """Link two tasks of one project. Returns the link and whether it
+        existed already."""
+        if from_task == to_task:
+            raise InvalidArgument("to_task", "a task cannot be linked to itself")
+        source = await self.get_task(from_task)
+        target = await self.get_task(to_task)
+        if source.project_id != target.project_id:
+            raise FailedPrecondition(
+                f"task {from_task} is in project {source.project_id!r}, task {to_task} in "
+                f"{target.project_id!r}; links stay inside one project",
+                reason="CROSS_PROJECT_LINK",
+            )
+        if kind is LinkKind.REQUIRES:
+            existing = await self._store.project_links(source.project_id, LinkKind.REQUIRES)
+            cycle = find_cycle([(link.from_task, link.to_task) for link in existing], (from_task, to_task))
+            if cycle is not None:
+                path = " -> ".join(str(task_id) for task_id in cycle)
+                raise FailedPrecondition(
+                    f"task {from_task} requiring {to_task} would close a cycle: {path} "
+                    "(each requires the next); remove one of these links first",
+                    reason="DEPENDENCY_CYCLE",
+                    metadata={"cycle": ",".join(str(task_id) for task_id in cycle)},
+                )
+        link = Link(from_task, to_task, kind, self._clock(), agent)
+        created = await self._store.add_link(link)
+        if kind is LinkKind.REQUIRES and created:
+            await self.refresh(source.project_id, by=agent)
+        return link, not created
+
+    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind) -> None:
+        source = await self.get_task(from_task)
+        if not await self._store.delete_link(from_task, to_task, kind):
+            raise NotFound(
+                f"no {kind.value} link from task {from_task} to {to_task}",
+                reason="LINK_NOT_FOUND",
+                metadata={"from_task": str(from_task), "to_task": str(to_task), "kind": kind.value},
+            )
+        if kind is LinkKind.REQUIRES:
+            await self.refresh(source.project_id, by="")
+
+    async def list_links(self, task_id: int) -> tuple[list[Link], list[Link]]:
+        task = await self.get_task(task_id)
+        return await self._store.list_links(task.task_id)
+
+    # --- scheduling ------------------------------------------------------
+
+    async def refresh(self, project_id: str, *, by: str) -> list[Task]:
+        """Derive pending / ready / blocked again and write what changed.
+        Returns the project's tasks as they are now."""
+        tasks = await self._store.list_tasks(project_id)
+        links = await self._store.project_links(project_id, LinkKind.REQUIRES)
+        changes = _derived_changes(tasks, [(link.from_task, link.to_task) for link in links])
+        if changes:
+            await self._store.set_statuses(changes, at=self._clock(), by=by)
+            tasks = await self._store.list_tasks(project_id)
+        return tasks
+
+    async def next_task(self, project_id: str) -> tuple[Task | None, list[Task]]:
+        """The next ready task by (priority, created, id), and the blocked set."""
+        await self._require_project(project_id)
+        tasks = await self.refresh(project_id, by="")
+        ready = [t for t in tasks if t.status is TaskStatus.READY and t.task_id not in self._running]
+        blocked = [t for t in tasks if t.status is TaskStatus.BLOCKED]
+        return (min(ready, key=_schedule_key) if ready else None), blocked
+
+    # --- context ---------------------------------------------------------
+
+    async def preview_context(self, task_id: int, budget: int = 0) -> Preview:
+        """The bundle a run of the task would use now, with every candidate's
+        fate; nothing is written."""
+        task = await self.get_task(task_id)
+        if budget < 0:
+            raise InvalidArgument("budget", "must not be negative (0: the task's budget)")
+        if budget:
+            self._check_budget(budget, task.model, task.role)
+        return await self._gather(task, budget or task.context_budget)
+
+    async def approve_context(
+        self, task_id: int, pins: Sequence[str], excludes: Sequence[str], agent: str
+    ) -> tuple[Task, Preview]:
+        """Store a person's pins and excludes for the task and approve it."""
+        task = await self.get_task(task_id)
+        for index, source in enumerate(pins):
+            await self._check_pin(task, f"pins[{index}]", source)
+        for index, source in enumerate(excludes):
+            check_text(f"excludes[{index}]", source)
+            if not source.strip():
+                raise InvalidArgument(f"excludes[{index}]", "must not be empty")
+        now = self._clock()
+        await self._store.set_override(
+            ContextOverride(task.task_id, tuple(pins), tuple(excludes), agent, now)
+        )
+        status = task.status
+        if status is TaskStatus.WAITING_APPROVAL:
+            status = TaskStatus.PENDING
+        await self._store.update_task(
+            replace(task, approved=True, status=status, updated_at=now, updated_by=agent)
+        )
+        await self._store.add_note(
+            task.task_id,
+            agent,
+            f"context approved: pins {list(pins) or '-'}, excludes {list(excludes) or '-'}",
+            now,
+        )
+        await self.refresh(task.project_id, by=agent)
+        task = await self.get_task(task.task_id)
+        return task, await self._gather(task, task.context_budget)
+
+    async def _gather(self, task: Task, budget: int) -> Preview:
+        """gather_context: the candidates in their tiers, allocated within the
+        budget, rendered into the prompt."""
+        facts = self._models.resolve(task.model, task.role)
+        counter = self._models.counter(facts)
+        budget = budget or self._limits.default_context_budget
+        if facts is not None:
+            # Never more context than the model can take beside its answer.
+            budget = min(budget, max(1, facts.context_length - self._limits.max_tokens))
+        override = await self._store.get_override(task.task_id)
+        candidates = await self._candidates(task, override, budget)
+        excludes = frozenset(override.excludes) if override else frozenset()
+        bundle = allocate(candidates, budget, counter, excludes=excludes)
+        prompt = render_prompt(task.input.text, bundle)
+        return Preview(bundle, prompt, context_hash(bundle, prompt))
+
+    async def _candidates(self, task: Task, override: ContextOverride | None, budget: int) -> list[Candidate]:
+        candidates: list[Candidate] = []
+        project = await self._store.get_project(task.project_id)
+        if project is not None and project.index_document.strip():
+            candidates.append(Candidate(Tier.INDEX, "index", "index", "INDEX", project.index_document))
+        outgoing, incoming = await self._store.list_links(task.task_id)
+        for link in outgoing:
+            if link.kind is LinkKind.REQUIRES:
+                required = await self._latest_output(link.to_task)
+                if required is not None:
+                    name, output = required
+                    candidates.append(
+                        Candidate(
+                            Tier.REQUIRED, f"task:{link.to_task}", "output", name, output, rank=link.to_task
+                        )
+                    )
+        related = sorted(
+            {link.to_task for link in outgoing if link.kind is not LinkKind.REQUIRES}
+            | {link.from_task for link in incoming if link.kind is not LinkKind.REQUIRES}
+        )
+        for other in related:
+            found = await self._latest_output(other)
+            if found is not None:
+                name, output = found
+                short = output[:SIBLING_CHARS]
+                candidates.append(
+                    Candidate(Tier.SIBLING, f"task:{other}", "sibling", name, short, rank=other)
+                )
+        if self._memory is not None:
+            try:
+                items = await self._memory.context(
+                    task.input.text,
+                    task.project_id,
+                    str(task.task_id),
+                    budget,
+                    self._limits.memory_top_k,
+                    time_limit=self._limits.memory_time_limit,
+                )
+            except HearthError as err:
+                log.warning("task %d: no memory context (%s: %s)", task.task_id, err.reason, err.message)
+            else:
+                for rank, item in enumerate(items):
+                    candidates.append(
+                        Candidate(
+                            Tier.MEMORY,
+                            f"memory:{item.memory_id}",
+                            "memory",
+                            item.section.value,
+                            item.text,
+                            rank=rank,
+                        )
+                    )
+        for rank, source in enumerate(override.pins if override else ()):
+            pinned = await self._pinned(task, source)
+            if pinned is not None:
+                title, text = pinned
+                candidates.append(Candidate(Tier.PINNED, f"pin:{source}", "pinned", title, text, rank=rank))
+        return candidates
+
+    async def _latest_output(self, task_id: int) -> tuple[str, str] | None:
+        """(name, output) of a task's latest successful run, or None."""
+        task = await self._store.get_task(task_id)
+        if task is None:
+            return None
+        for run in await self._store.list_runs(task_id=task_id, limit=20):
+            if run.status is RunStatus.DONE:
+                return task.name, run.output
+        return None
+
+    async def _pinned(self, task: Task, source: str) -> tuple[str, str] | None:
+        match = _SOURCE.fullmatch(source)
+        if match is None:
+            return None
+        if match.group(1):
+            return await self._latest_output(int(match.group(2)))
+        if self._memory is None:
+            return None
+        try:
+            memory = await self._memory.get(
+                task.project_id, match.group(4), time_limit=self._limits.memory_time_limit
+            )
+        except NotFound:
+            return None
+        return "memory", memory
+
+    async def _check_pin(self, task: Task, where: str, source: str) -> None:
+        check_text(where, source)
+        match = _SOURCE.fullmatch(source)
+        if match is None:
+            raise InvalidArgument(where, f"{source!r} is not task:<id> or memory:<id>")
+        if match.group(1):
+            other = await self._store.get_task(int(match.group(2)))
+            if other is None or other.project_id != task.project_id:
+                raise NotFound(
+                    f"{where}: no task {match.group(2)} in project {task.project_id!r}",
+                    reason="PIN_NOT_FOUND",
+                    metadata={"field": where, "source": source},
+                )
+            return
+        if self._memory is None:
+            raise FailedPrecondition(f"{where}: memory is not configured", reason="MEMORY_UNAVAILABLE")
+        try:
+            await self._memory.get(task.project_id, match.group(4), time_limit=self._limits.memory_time_limit)
+        except NotFound:
+            raise NotFound(
+                f"{where}: no memory {match.group(4)} in project {task.project_id!r}",
+                reason="PIN_NOT_FOUND",
+                metadata={"field": where, "source": source},
+            ) from None
+
+    # --- runs --------------------------------------------------------------
+
+    async def run_task(self, task_id: int, agent: str) -> tuple[TaskRun, Task]:
+        """Run a ready task once, as a job; returns the run and the task when
+        the job has ended."""
+        task = await self.get_task(task_id)
+        self._check_runnable(task)
+        run = await self._execute(task, agent)
+        await self.refresh(task.project_id, by=agent)
+        return run, await self.get_task(task.task_id)
+
+    async def rerun(self, run_id: int, agent: str) -> TaskRun:
+        """Run a run's task again with its stored snapshot (the same prompt,
+        byte for byte) and its model and sampling settings. The task's status
+        is left as it is: a rerun reproduces, it does not redo the work."""
+        previous = await self.get_run(run_id)
+        snapshot = await self._store.get_snapshot(previous.context_hash)
+        if snapshot is None:
+            raise FailedPrecondition(f"run {run_id} has no stored context", reason="NO_SNAPSHOT")
+        task = await self.get_task(previous.task_id)
+        return await self._submit_run(
+            task, snapshot, dict(previous.sampling), previous.model, agent, rerun_of=run_id
+        )
+
+    async def get_run(self, run_id: int) -> TaskRun:
+        if run_id <= 0:
+            raise InvalidArgument("run_id", "must be a run id (a positive number)")
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}", reason="RUN_NOT_FOUND", metadata={"run_id": str(run_id)})
+        return run
+
+    async def run_with_snapshot(self, run_id: int) -> tuple[TaskRun, ContextSnapshot | None]:
+        run = await self.get_run(run_id)
+        return run, await self._store.get_snapshot(run.context_hash) if run.context_hash else None
+
+    async def list_runs(self, project_id: str = "", task_id: int = 0, limit: int = 50) -> list[TaskRun]:
+        if bool(project_id) == bool(task_id):
+            raise InvalidArgument("project_id", "give a project_id or a task_id (one of the two)")
+        if limit < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        if task_id:
+            await self.get_task(task_id)
+        else:
+            await self._require_project(project_id)
+        return await self._store.list_runs(
+            project_id=project_id, task_id=task_id, limit=min(limit or 50, 1000)
+        )
+
+    async def diff_runs(self, run_a: int, run_b: int) -> RunDiff:
+        a, snap_a = await self.run_with_snapshot(run_a)
+        b, snap_b = await self.run_with_snapshot(run_b)
+        return diff_runs(a, snap_a, b, snap_b)
+
+    # --- projects ----------------------------------------------------------
+
+    async def get_project(self, project_id: str) -> Project:
+        return await self._require_project(project_id)
+
+    async def set_project_index(self, project_id: str, text: str, agent: str) -> Project:
+        project_id = _check_project_id(project_id)
+        check_text("index_document", text)
+        return await self._store.set_project_index(project_id, text, at=self._clock(), by=agent)
+
+    async def run_project(
+        self, project_id: str, *, strategy: str, parallelism: int, continue_on_failure: bool, agent: str
+    ) -> AsyncIterator[ProjectRunUpdate]:
+        """Run the project's ready tasks as jobs until none is ready.
+
+        At most ``parallelism`` tasks run at once. ``strategy`` "dag" starts
+        ready tasks level by level of the graph (depth first, then priority),
+        "priority" by (priority, created, id) alone. After a failure no new
+        task starts unless ``continue_on_failure``; the failed task's
+        dependants are blocked with the reason either way. Yields a
+        :class:`TaskUpdate` for every start and end, then the summary.
+        """
+        await self._require_project(project_id)
+        if strategy not in ("dag", "priority"):
+            raise InvalidArgument("strategy", "must be dag or priority")
+        if parallelism < 0 or parallelism > self._limits.max_parallelism:
+            raise InvalidArgument("parallelism", f"must be between 0 and {self._limits.max_parallelism}")
+        if project_id in self._project_runs:
+            raise FailedPrecondition(f"project {project_id!r} is already running", reason="PROJECT_RUNNING")
+        slots = parallelism or self._limits.default_parallelism
+        self._project_runs.add(project_id)
+        running: dict[asyncio.Task[TaskRun], Task] = {}
+        stopped = False
+        try:
+            tasks = await self.refresh(project_id, by=agent)
+            requires = [
+                (link.from_task, link.to_task)
+                for link in await self._store.project_links(project_id, LinkKind.REQUIRES)
+            ]
+            depth = _depths([t.task_id for t in tasks], requires)
+            started: set[int] = set()
+            while True:
+                if not stopped:
+                    ready = [
+                        t
+                        for t in tasks
+                        if t.status is TaskStatus.READY
+                        and t.task_id not in started
+                        and t.task_id not in self._running
+                    ]
+                    order = (
+                        (lambda t: (depth.get(t.task_id, 0), *_schedule_key(t)))
+                        if strategy == "dag"
+                        else _schedule_key
+                    )
+                    for task in heapq.nsmallest(max(0, slots - len(running)), ready, key=order):
+                        started.add(task.task_id)
+                        self._running.add(task.task_id)
+                        work = asyncio.create_task(
+                            self._execute(task, agent, claimed=True), name=f"task-{task.task_id}"
+                        )
+                        running[work] = task
+                        yield TaskUpdate(replace(task, status=TaskStatus.RUNNING))
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for work in done:
+                    task = running.pop(work)
+                    run = work.result()
+                    if run.status is not RunStatus.DONE and not continue_on_failure:
+                        stopped = True
+                tasks = await self.refresh(project_id, by=agent)
+                by_id = {t.task_id: t for t in tasks}
+                for work in done:
+                    run = work.result()
+                    yield TaskUpdate(by_id.get(run.task_id, running.get(work, task)), run)
+        finally:
+            for work in running:
+                work.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            self._project_runs.discard(project_id)
+        tasks = await self._store.list_tasks(project_id)
+        blocked = [t for t in tasks if t.status is TaskStatus.BLOCKED]
+        left = [t for t in tasks if not t.status.is_closed and t.status is not TaskStatus.BLOCKED]
+        yield ProjectRunSummary(
+            done=sum(t.status is TaskStatus.DONE for t in tasks),
+            failed=sum(t.status is TaskStatus.FAILED for t in tasks),
+            blocked=len(blocked),
+            not_run=len(left),
+            stopped_on_failure=stopped and bool(left),
+            blocked_tasks=blocked,
+        )
+
+    # --- internals ---------------------------------------------------------
+
+    def _check_runnable(self, task: Task) -> None:
+        if task.task_id in self._running or task.status is TaskStatus.RUNNING:
+            raise FailedPrecondition(f"task {task.task_id} is running", reason="TASK_RUNNING")
+        if task.status is TaskStatus.WAITING_APPROVAL:
+            raise FailedPrecondition(
+                f"task {task.task_id} waits for approval of its context "
+                f"(hearth context approve {task.task_id})",
+                reason="NOT_APPROVED",
+            )
+        if task.status is not TaskStatus.READY:
+            why = f": {task.status_reason}" if task.status_reason else ""
+            raise FailedPrecondition(
+                f"task {task.task_id} is {task.status.value}, not ready{why}", reason="TASK_NOT_READY"
+            )
+
+    async def _execute(self, task: Task, agent: str, *, claimed: bool = False) -> TaskRun:
+        """Assemble, snapshot and run one task; marks it done or failed."""
+        if not claimed:
+            self._running.add(task.task_id)
+        try:
+            now = self._clock()
+            await self._store.set_statuses([(task.task_id, TaskStatus.RUNNING, "")], at=now, by=agent)
+            try:
+                preview = await self._gather(task, task.context_budget)
+            except HearthError as err:
+                await self._store.set_statuses(
+                    [(task.task_id, TaskStatus.FAILED, f"{err.reason}: {err.message}")],
+                    at=self._clock(),
+                    by=agent,
+                )
+                raise
+            sampling = {
+                "max_tokens": self._limits.max_tokens,
+                "temperature": self._limits.temperature,
+                "seed": self._limits.seed,
+            }
+            run = await self._submit_run(task, preview.snapshot(), sampling, task.model, agent)
+            if run.status is RunStatus.DONE:
+                status, reason = TaskStatus.DONE, ""
+            else:
+                status, reason = TaskStatus.FAILED, f"{run.end_reason}: {run.end_message}".strip(": ")
+            await self._store.set_statuses(
+                [(task.task_id, status, run.end_reason or reason)], at=self._clock(), by=agent
+            )
+            if status is TaskStatus.FAILED and run.end_message:
+                await self._store.add_note(
+                    task.task_id, agent, f"run {run.run_id} failed: {reason}", self._clock()
+                )
+            return run
+        finally:
+            self._running.discard(task.task_id)
+
+    async def _submit_run(
+        self,
+        task: Task,
+        snapshot: ContextSnapshot,
+        sampling: Mapping[str, Any],
+        model: str,
+        agent: str,
+        *,
+        rerun_of: int = 0,
+    ) -> TaskRun:
+        """Store the snapshot, record the run, submit its job, wait for the
+        end and record it."""
+        await self._store.put_snapshot(snapshot)
+        now = self._clock()
+        run = await self._store.create_run(
+            TaskRun(
+                run_id=0,
+                task_id=task.task_id,
+                project_id=task.project_id,
+                status=RunStatus.RUNNING,
+                context_hash=snapshot.context_hash,
+                rerun_of=rerun_of,
+                model=model,
+                sampling=dict(sampling),
+                started_at=now,
+                started_by=agent,
+            )
+        )
+        prompt, messages = snapshot.prompt, tuple[ChatMessage, ...]()
+        if task.input.messages:
+            prompt, messages = "", _with_last_user(task.input.messages, snapshot.prompt)
+        draft = JobDraft(
+            prompt=prompt,
+            messages=messages,
+            model=model,
+            role=task.role,
+            max_tokens=int(sampling.get("max_tokens", self._limits.max_tokens)),
+            temperature=float(sampling.get("temperature", 0.0)),
+            seed=int(sampling.get("seed", 0)),
+            priority="batch",
+            project_id=task.project_id,
+            task_id=str(task.task_id),
+            agent=agent,
+            labels={"hearth.task_id": str(task.task_id), "hearth.run_id": str(run.run_id)},
+        )
+        try:
+            submitted = await self._jobs.submit(draft)
+            job = await self._wait(submitted.job.job_id)
+        except HearthError as err:
+            ended = replace(
+                run,
+                status=RunStatus.FAILED,
+                end_reason=err.reason,
+                end_message=err.message,
+                ended_at=self._clock(),
+            )
+            await self._store.finish_run(ended)
+            return ended
+        ended = self._ended(run, job)
+        await self._store.finish_run(ended)
+        return ended
+
+    async def _wait(self, job_id: str) -> JobSnapshot:
+        async for _event in self._jobs.watch(job_id):
+            pass
+        return await self._jobs.get(job_id)
+
+    def _ended(self, run: TaskRun, job: JobSnapshot) -> TaskRun:
+        record = job.run
+        status = {
+            JobState.COMPLETED: RunStatus.DONE,
+            JobState.CANCELLED: RunStatus.CANCELLED,
+        }.get(job.state, RunStatus.FAILED)
+        served = record.model if record is not None else ""
+        facts = self._models.facts(served) if served else None
+        input_tokens = record.input_tokens if record is not None else 0
+        output_tokens = record.output_tokens if record is not None else 0
+        cost = 0.0
+        if facts is not None:
+            cost = (
+                input_tokens / 1000 * facts.price_input_per_1k
+                + output_tokens / 1000 * facts.price_output_per_1k
+            )
+        return replace(
+            run,
+            status=status,
+            job_id=job.job_id,
+            model=served or run.model,
+            engine=record.engine if record is not None else "",
+            weights_digest=facts.weights_digest if facts is not None else "",
+            routing_report=dict(job.route.report),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=round(cost, 6),
+            output=job.output,
+            end_reason=job.end_reason,
+            end_message=job.end_message,
+            ended_at=job.ended_at or self._clock(),
+        )
+
+    def _check_budget(self, budget: int, model: str, role: str) -> None:
+        if budget < 0:
+            raise InvalidArgument("context_budget", "must not be negative (0: the default)")
+        facts = self._models.resolve(model, role)
+        if budget and facts is not None and budget > facts.context_length:
+            raise InvalidArgument(
+                "context_budget",
+                f"is {budget} tokens; {facts.name} takes {facts.context_length} in all",
+                reason="BUDGET_TOO_LARGE",
+                limit=str(facts.context_length),
+            )
+
+    async def _open_task(self, task_id: int) -> Task:
+        task = await self.get_task(task_id)
+        if task.status.is_closed:
+            raise FailedPrecondition(f"task {task_id} is {task.status.value}", reason="TASK_CLOSED")
+        if task.task_id in self._running or task.status is TaskStatus.RUNNING:
+            raise FailedPrecondition(f"task {task_id} is running", reason="TASK_RUNNING")
+        return task
+
+    async def _require_project(self, project_id: str) -> Project:
+        project = await self._store.get_project(_check_project_id(project_id))
+        if project is None:
+            raise NotFound(
+                f"no project {project_id!r}", reason="PROJECT_NOT_FOUND", metadata={"project_id": project_id}
+            )
+        return project
+
+
+def _derived_changes(
+    tasks: Sequence[Task], requires: Iterable[tuple[int, int]]
+) -> list[tuple[int, TaskStatus, str]]:
+    classification = classify(tasks, requires)
+    changes = []
+    for task in tasks:
+        status = classification.statuses.get(task.task_id)
+        if status is None:
+            continue
+        reason = classification.reasons.get(task.task_id, "")
+        if status is not task.status or reason != task.status_reason:
+            changes.append((task.task_id, status, reason))
+    return changes
+
+
+def _schedule_key(task: Task) -> tuple[int, float, int]:
+    return (task.priority, task.created_at, task.task_id)
+
+
+def _depths(task_ids: Sequence[int], requires: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Each task's level: 0 for a task that requires nothing, else one more
+    than the deepest task it requires."""
+    needs: dict[int, list[int]] = {}
+    for source, target in requires:
+        needs.setdefault(source, []).append(target)
+    depth: dict[int, int] = {}
+
+    def level(task_id: int) -> int:
+        stack = [task_id]
+        while stack:
+            current = stack[-1]
+            pending = [n for n in needs.get(current, ()) if n not in depth]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            depth[current] = 1 + max((depth[n] for n in needs.get(current, ())), default=-1)
+        return depth[task_id]
+
+    for task_id in task_ids:
+        if task_id not in depth:
+            level(task_id)
+    return depth
+
+
+def _with_last_user(messages: Sequence[ChatMessage], content: str) -> tuple[ChatMessage, ...]:
+    """The conversation with its last user message's content replaced (by
+    the rendered prompt: the message, then its context)."""
+    out = list(messages)
+    for index in range(len(out) - 1, -1, -1):
+        if out[index].role == "user":
+            out[index] = replace(out[index], content=content)
+            break
+    return tuple(out)
+
+
+def _check_project_id(project_id: str) -> str:
+    if not _PROJECT_ID.fullmatch(project_id):
+        raise InvalidArgument(
+            "project_id",
+            "must be 1-128 letters, digits, dots, colons, dashes or underscores, starting alphanumeric",
+        )
+    return project_id
+
+
+def _check_task_id(task_id: int) -> int:
+    if task_id <= 0:
+        raise InvalidArgument("task_id", "must be a task id (a positive number)")
+    return task_id
+
+
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise InvalidArgument("name", "must not be empty or blank")
+    if len(name) > 200:
+        raise InvalidArgument("name", "must be at most 200 characters")
+    check_text("name", name)
+
+
+def _check_task_input(new: NewTask) -> None:
+    """The task's input, model, role, labels and agent as SubmitJob would
+    check them (a task run is a job), with the task's field names."""
+    try:
+        validate_submission(
+            JobDraft(
+                prompt=new.prompt,
+                messages=new.messages,
+                model=new.model,
+                role=new.role,
+                labels=new.labels,
+                agent=new.agent,
+                project_id=new.project_id,
+            ),
+            _TASK_LIMITS,
+        )
+    except InvalidArgument as err:
+        field_name = err.field.removeprefix("spec.")
+        message = err.message.split(": ", 1)[-1]
+        raise InvalidArgument(field_name, message, reason=err.reason) from None
+
+
+def _task_not_found(task_id: int) -> NotFound:
+    return NotFound(f"no task {task_id}", reason="TASK_NOT_FOUND", metadata={"task_id": str(task_id)})
