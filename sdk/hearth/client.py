@@ -1,4 +1,4 @@
-"""The Hearth client SDK: jobs, streams, workers, memory and health.
+"""The Hearth client SDK: jobs, streams, workers, memory, tasks and health.
 
 Two clients with the same methods:
 
@@ -17,6 +17,17 @@ Two clients with the same methods:
       with Client.from_env() as client:
           for text in client.run("Hello"):
               print(text, end="")
+
+Tasks (TaskService, served on the orchestrator's address) are projects of
+linked prompts whose context can be previewed and steered and whose runs can
+be reproduced::
+
+    outline = client.create_task("guide", "outline", "Outline the install guide.")
+    draft = client.create_task("guide", "draft", "Write the guide from the outline.")
+    client.link_tasks(draft.task_id, outline.task_id, "requires")
+    for update in client.run_project("guide"):
+        if update.HasField("summary"):
+            print(update.summary.done, "done,", update.summary.failed, "failed")
 
 Every gRPC error is raised as the matching class of :mod:`hearth.errors`,
 chosen by status code and carrying the server's stable ``reason``, its
@@ -55,11 +66,13 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hearth import chat
+from hearth.api.chat.v1 import chat_pb2
 from hearth.api.events.v1 import events_pb2
 from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
+from hearth.api.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
 from hearth.errors import FailedPrecondition, HearthError, InvalidArgument, Unavailable, from_rpc_error
 
@@ -113,6 +126,27 @@ _RETRIEVAL_MODES: Final[Mapping[str, memory_pb2.RetrievalMode.ValueType]] = {
     "dense": memory_pb2.RETRIEVAL_MODE_DENSE,
     "sparse": memory_pb2.RETRIEVAL_MODE_SPARSE,
 }
+_TASK_STATUSES: Final[Mapping[str, tasks_pb2.TaskStatus.ValueType]] = {
+    "pending": tasks_pb2.TASK_STATUS_PENDING,
+    "ready": tasks_pb2.TASK_STATUS_READY,
+    "running": tasks_pb2.TASK_STATUS_RUNNING,
+    "done": tasks_pb2.TASK_STATUS_DONE,
+    "blocked": tasks_pb2.TASK_STATUS_BLOCKED,
+    "failed": tasks_pb2.TASK_STATUS_FAILED,
+    "cancelled": tasks_pb2.TASK_STATUS_CANCELLED,
+    "waiting_approval": tasks_pb2.TASK_STATUS_WAITING_APPROVAL,
+}
+_CLOSE_STATUSES: Final = ("done", "failed", "cancelled")
+_LINK_KINDS: Final[Mapping[str, tasks_pb2.LinkKind.ValueType]] = {
+    "requires": tasks_pb2.LINK_KIND_REQUIRES,
+    "refers": tasks_pb2.LINK_KIND_REFERS,
+    "duplicates": tasks_pb2.LINK_KIND_DUPLICATES,
+    "relates_to": tasks_pb2.LINK_KIND_RELATES_TO,
+}
+_RUN_STRATEGIES: Final[Mapping[str, tasks_pb2.RunStrategy.ValueType]] = {
+    "dag": tasks_pb2.RUN_STRATEGY_DAG,
+    "priority": tasks_pb2.RUN_STRATEGY_PRIORITY,
+}
 _TERMINAL_EVENTS: Final = frozenset({"completed", "failed", "cancelled"})
 _HEALTH_TIMEOUT_SECONDS: Final = 2.0
 _CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -123,6 +157,14 @@ JOB_STATE_NAMES: Final = tuple(_JOB_STATES)
 MEMORY_KIND_NAMES: Final = tuple(_MEMORY_KINDS)
 #: The retrieval modes of a memory query, by their lower-case names (``hybrid`` first: the default).
 RETRIEVAL_MODE_NAMES: Final = tuple(_RETRIEVAL_MODES)
+#: The task statuses, by their lower-case names (``pending``, ``ready``, ...).
+TASK_STATUS_NAMES: Final = tuple(_TASK_STATUSES)
+#: The statuses :meth:`AsyncClient.close_task` accepts (``done`` first: the default).
+CLOSE_STATUS_NAMES: Final = _CLOSE_STATUSES
+#: The kinds of a link between tasks (``requires`` first: the default).
+LINK_KIND_NAMES: Final = tuple(_LINK_KINDS)
+#: The strategies of :meth:`AsyncClient.run_project` (``dag`` first: the default).
+RUN_STRATEGY_NAMES: Final = tuple(_RUN_STRATEGIES)
 
 
 class Unset:
@@ -538,6 +580,384 @@ class AsyncClient:
             submit_kwargs: the keyword arguments of :meth:`submit`.
         """
         return JobStream(self, prompt, submit_kwargs)
+
+    # -- tasks, context bundles, runs (TaskService) ----------------------------
+
+    async def create_task(
+        self,
+        project_id: str,
+        name: str,
+        prompt: str = "",
+        *,
+        messages: Sequence[chat.ChatMessage | chat_pb2.ChatMessage] = (),
+        priority: int = 0,
+        role: str = "",
+        model: str = "",
+        labels: Mapping[str, str] | None = None,
+        requires_approval: bool = False,
+        context_budget: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.Task:
+        """Add a task to a project (the project is created with its first task).
+
+        The task starts ``pending`` (``ready`` once nothing it requires is
+        open), or ``waiting_approval`` when ``requires_approval`` is set.
+
+        Not retried on UNAVAILABLE: CreateTask has no idempotency key, so a
+        retry after a lost answer could add the task twice.
+
+        Args:
+            project_id: the project.
+            name: a short name for people.
+            prompt: the prompt; give either it or ``messages``, not both.
+            messages: a conversation instead of a prompt.
+            priority: lower runs first (0 before 1).
+            role: the agent role that runs it; empty for the default role.
+            model: a model name; empty for the router's choice for the role.
+            labels: free-form labels kept with the task.
+            requires_approval: the task runs only after :meth:`approve_context`.
+            context_budget: most tokens of context; 0 for the orchestrator's default.
+            agent: who creates it (a person's or an agent's name).
+
+        Raises:
+            InvalidArgument: ``INVALID_FIELD``, ``INVALID_TEXT`` or ``BUDGET_TOO_LARGE``.
+        """
+        request = tasks_pb2.CreateTaskRequest(
+            project_id=project_id,
+            name=name,
+            prompt=prompt,
+            messages=[_chat_message_proto(m) for m in messages],
+            priority=priority,
+            role=role,
+            model=model,
+            labels=dict(labels or {}),
+            requires_approval=requires_approval,
+            context_budget=context_budget,
+            agent=agent,
+        )
+        response = await self._unary(self._tasks().CreateTask, request, retry=False)
+        return response.task
+
+    async def get_task(self, task_id: int) -> tasks_pb2.GetTaskResponse:
+        """A task with its notes, its outgoing and incoming links and its 20 most recent runs.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+        """
+        return await self._unary(self._tasks().GetTask, tasks_pb2.GetTaskRequest(task_id=task_id))
+
+    async def list_tasks(self, project_id: str, status: str | int | None = None) -> list[tasks_pb2.Task]:
+        """A project's tasks in scheduling order (priority, created, id), with
+        statuses derived from the dependency graph.
+
+        Args:
+            project_id: the project.
+            status: only tasks in this status (a name of :data:`TASK_STATUS_NAMES`
+                or a ``TaskStatus`` value); None for every task.
+
+        Raises:
+            ValueError: ``status`` is not a known status name.
+            NotFound: ``PROJECT_NOT_FOUND``.
+        """
+        request = tasks_pb2.ListTasksRequest(project_id=project_id, status=_task_status_value(status))
+        response = await self._unary(self._tasks().ListTasks, request)
+        return list(response.tasks)
+
+    async def add_note(self, task_id: int, text: str, agent: str = "") -> tasks_pb2.Note:
+        """Append a note to a task; notes are never changed or deleted.
+
+        Not retried on UNAVAILABLE (a retry could add the note twice).
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+            InvalidArgument: ``INVALID_TEXT`` for a blank note.
+        """
+        request = tasks_pb2.AddNoteRequest(task_id=task_id, text=text, agent=agent)
+        response = await self._unary(self._tasks().AddNote, request, retry=False)
+        return response.note
+
+    async def close_task(
+        self, task_id: int, status: str | int = "done", reason: str = "", agent: str = ""
+    ) -> tasks_pb2.Task:
+        """Mark a task done, failed or cancelled, recording who and when; the
+        tasks that require it are re-evaluated.
+
+        Args:
+            task_id: the task.
+            status: ``"done"``, ``"failed"`` or ``"cancelled"`` (or the ``TaskStatus`` value).
+            reason: why, for people.
+            agent: who closes it.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`CLOSE_STATUS_NAMES`.
+            NotFound: ``TASK_NOT_FOUND``.
+            FailedPrecondition: ``TASK_CLOSED``, ``TASK_RUNNING``.
+        """
+        if isinstance(status, str) and _enum_key(status, "task_status_") not in _CLOSE_STATUSES:
+            raise ValueError(f"unknown close status {status!r}; one of {', '.join(_CLOSE_STATUSES)}")
+        request = tasks_pb2.CloseTaskRequest(
+            task_id=task_id, status=_task_status_value(status), reason=reason, agent=agent
+        )
+        response = await self._unary(self._tasks().CloseTask, request)
+        return response.task
+
+    async def hold_task(self, task_id: int, reason: str, agent: str = "") -> tasks_pb2.Task:
+        """Block a task with a reason until :meth:`release_task`.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+            InvalidArgument: a blank ``reason``.
+            FailedPrecondition: ``TASK_CLOSED``, ``TASK_RUNNING``.
+        """
+        request = tasks_pb2.HoldTaskRequest(task_id=task_id, reason=reason, agent=agent)
+        response = await self._unary(self._tasks().HoldTask, request)
+        return response.task
+
+    async def release_task(self, task_id: int, agent: str = "") -> tasks_pb2.Task:
+        """Lift a hold: the task is pending or ready again.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+        """
+        request = tasks_pb2.ReleaseTaskRequest(task_id=task_id, agent=agent)
+        response = await self._unary(self._tasks().ReleaseTask, request)
+        return response.task
+
+    async def link_tasks(
+        self, from_task: int, to_task: int, kind: str | int = "requires", agent: str = ""
+    ) -> tasks_pb2.CreateLinkResponse:
+        """Link two tasks of one project; linking twice is not an error
+        (``response.existed`` is then True and nothing is written).
+
+        Args:
+            from_task: the task the link starts at.
+            to_task: the task it points to.
+            kind: ``"requires"`` (``from_task`` may run only once ``to_task`` is
+                done, and gets its output as context), ``"refers"`` (``to_task``'s
+                output is lower-priority context), ``"duplicates"`` or
+                ``"relates_to"``; or a ``LinkKind`` value.
+            agent: who links them.
+
+        Raises:
+            ValueError: ``kind`` is not one of :data:`LINK_KIND_NAMES`.
+            NotFound: ``TASK_NOT_FOUND``.
+            FailedPrecondition: ``DEPENDENCY_CYCLE`` when a requires link would
+                close a cycle (the task ids in order in ``e.metadata["cycle"]``,
+                ``"3,5,7,3"``), ``CROSS_PROJECT_LINK``.
+        """
+        request = tasks_pb2.CreateLinkRequest(
+            from_task=from_task, to_task=to_task, kind=_link_kind_value(kind), agent=agent
+        )
+        return await self._unary(self._tasks().CreateLink, request)
+
+    async def unlink_tasks(self, from_task: int, to_task: int, kind: str | int = "requires") -> None:
+        """Remove a link (see :meth:`link_tasks` for ``kind``).
+
+        Raises:
+            ValueError: ``kind`` is not one of :data:`LINK_KIND_NAMES`.
+            NotFound: ``LINK_NOT_FOUND`` when there is no such link.
+        """
+        request = tasks_pb2.DeleteLinkRequest(
+            from_task=from_task, to_task=to_task, kind=_link_kind_value(kind)
+        )
+        await self._unary(self._tasks().DeleteLink, request)
+
+    async def list_links(self, task_id: int) -> tasks_pb2.ListLinksResponse:
+        """A task's links: ``outgoing`` (it is ``from_task``) and ``incoming``.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+        """
+        return await self._unary(self._tasks().ListLinks, tasks_pb2.ListLinksRequest(task_id=task_id))
+
+    async def next_task(self, project_id: str) -> tasks_pb2.NextTaskResponse:
+        """The project's next ready task by (priority, created, id), and the
+        blocked tasks with their reasons. ``response.HasField("task")`` is
+        False when nothing is ready."""
+        return await self._unary(self._tasks().NextTask, tasks_pb2.NextTaskRequest(project_id=project_id))
+
+    async def preview_context(self, task_id: int, budget: int = 0) -> tasks_pb2.ContextBundle:
+        """The context bundle a run of the task would use, without running it:
+        every candidate with its tokens, tier and fate (what the budget did
+        to it, and why), the rendered prompt and the bundle's content hash.
+
+        Args:
+            task_id: the task.
+            budget: tokens of context for this preview only; 0 keeps the task's budget.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+            InvalidArgument: ``BUDGET_TOO_LARGE``.
+        """
+        request = tasks_pb2.PreviewContextRequest(task_id=task_id, budget=budget)
+        response = await self._unary(self._tasks().PreviewContext, request)
+        return response.bundle
+
+    async def approve_context(
+        self, task_id: int, pins: Sequence[str] = (), excludes: Sequence[str] = (), agent: str = ""
+    ) -> tasks_pb2.ApproveContextResponse:
+        """Store pins and excludes for the task (every later run uses them)
+        and approve it to run.
+
+        Args:
+            task_id: the task.
+            pins: sources to add as pinned items: ``"task:<id>"`` or ``"memory:<id>"``.
+            excludes: sources to leave out, whatever their tier.
+            agent: who approves.
+
+        Returns:
+            The task and the bundle its next run will use.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``, ``PIN_NOT_FOUND``.
+        """
+        request = tasks_pb2.ApproveContextRequest(
+            task_id=task_id, pins=list(pins), excludes=list(excludes), agent=agent
+        )
+        return await self._unary(self._tasks().ApproveContext, request)
+
+    async def run_task(
+        self, task_id: int, agent: str = "", *, timeout: float | None = None
+    ) -> tasks_pb2.RunTaskResponse:
+        """Run one ready task as a Hearth job and return its run once the job
+        has ended (``response.run.status`` says how), with the task after it.
+
+        The call lasts as long as the job, so it has no deadline by default
+        (the job's own timeout bounds it) and is not retried on UNAVAILABLE.
+
+        Args:
+            task_id: the task.
+            agent: who runs it.
+            timeout: seconds to wait for the run; None waits as long as the job takes.
+
+        Raises:
+            NotFound: ``TASK_NOT_FOUND``.
+            FailedPrecondition: ``NOT_APPROVED``, ``TASK_CLOSED``, ``TASK_RUNNING``,
+                or the task is not ready.
+        """
+        request = tasks_pb2.RunTaskRequest(task_id=task_id, agent=agent)
+        return await self._unary(self._tasks().RunTask, request, retry=False, timeout=timeout)
+
+    async def run_project(
+        self,
+        project_id: str,
+        strategy: str | int = "dag",
+        parallelism: int = 0,
+        continue_on_failure: bool = False,
+        agent: str = "",
+    ) -> AsyncIterator[tasks_pb2.RunProjectResponse]:
+        """Run a project's ready tasks as jobs until no task is ready, yielding
+        each change: a ``task`` update (started or ended) and, last, the
+        ``summary``.
+
+        The stream has no deadline (a project can run for hours) and is not
+        resumed when it drops: the error is raised. Leaving the loop early
+        cancels the stream (the server then stops starting tasks).
+
+        Args:
+            project_id: the project.
+            strategy: ``"dag"`` (level by level of the dependency graph, by
+                priority inside a level) or ``"priority"`` (any ready task by
+                priority, whatever its depth); or a ``RunStrategy`` value.
+            parallelism: most tasks running at once; 0 for the orchestrator's default.
+            continue_on_failure: keep running the tasks that do not depend on a
+                failed one; by default no task is started after the first failure.
+            agent: who runs them.
+
+        Raises:
+            ValueError: ``strategy`` is not one of :data:`RUN_STRATEGY_NAMES`.
+            NotFound: ``PROJECT_NOT_FOUND``.
+        """
+        request = tasks_pb2.RunProjectRequest(
+            project_id=project_id,
+            strategy=_run_strategy_value(strategy),
+            parallelism=parallelism,
+            continue_on_failure=continue_on_failure,
+            agent=agent,
+        )
+        call = self._tasks().RunProject(request)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def get_run(self, run_id: int) -> tasks_pb2.GetRunResponse:
+        """A run record with its context snapshot (``response.bundle``, unset
+        when the snapshot is gone).
+
+        Raises:
+            NotFound: ``RUN_NOT_FOUND``.
+        """
+        return await self._unary(self._tasks().GetRun, tasks_pb2.GetRunRequest(run_id=run_id))
+
+    async def list_runs(
+        self, project_id: str = "", task_id: int = 0, page_size: int = 0
+    ) -> list[tasks_pb2.Run]:
+        """The runs of a project or of one task (exactly one of the two), newest first.
+
+        Args:
+            project_id: the project's runs.
+            task_id: this task's runs.
+            page_size: at most this many; 0 means 50 (the server caps it at 1000).
+
+        Raises:
+            InvalidArgument: ``project_id`` when both or neither are given.
+        """
+        if bool(project_id) == bool(task_id):
+            raise InvalidArgument("project_id", "give exactly one of project_id and task_id")
+        request = tasks_pb2.ListRunsRequest(project_id=project_id, task_id=task_id, page_size=page_size)
+        response = await self._unary(self._tasks().ListRuns, request)
+        return list(response.runs)
+
+    async def rerun_task(
+        self, run_id: int, agent: str = "", *, timeout: float | None = None
+    ) -> tasks_pb2.Run:
+        """Run a run's task again with the same context snapshot (the same
+        prompt, byte for byte) and the same model and sampling settings;
+        returns the new run once its job has ended (``run.rerun_of`` is
+        ``run_id``). Like :meth:`run_task`: no deadline by default, no retry.
+
+        Raises:
+            NotFound: ``RUN_NOT_FOUND``.
+        """
+        request = tasks_pb2.RerunTaskRequest(run_id=run_id, agent=agent)
+        response = await self._unary(self._tasks().RerunTask, request, retry=False, timeout=timeout)
+        return response.run
+
+    async def diff_runs(self, a: int, b: int) -> tasks_pb2.DiffRunsResponse:
+        """What differs between run ``a`` and run ``b``: ``same_context``,
+        ``same_output`` and, in ``diff_json``, the context items added,
+        removed and changed, whether the prompts are identical, the model,
+        engine and sampling changes, the tokens and the output's unified diff.
+
+        Raises:
+            NotFound: ``RUN_NOT_FOUND``.
+        """
+        return await self._unary(self._tasks().DiffRuns, tasks_pb2.DiffRunsRequest(run_a=a, run_b=b))
+
+    async def set_project_index(self, project_id: str, text: str, agent: str = "") -> tasks_pb2.Project:
+        """Store the project's INDEX document (conventions, layout, decisions),
+        the first item of every context bundle of its tasks.
+
+        Raises:
+            NotFound: ``PROJECT_NOT_FOUND``.
+        """
+        request = tasks_pb2.SetProjectIndexRequest(project_id=project_id, index_document=text, agent=agent)
+        response = await self._unary(self._tasks().SetProjectIndex, request)
+        return response.project
+
+    async def get_project(self, project_id: str) -> tasks_pb2.Project:
+        """A project with its INDEX document and its task counts by status name.
+
+        Raises:
+            NotFound: ``PROJECT_NOT_FOUND``.
+        """
+        request = tasks_pb2.GetProjectRequest(project_id=project_id)
+        response = await self._unary(self._tasks().GetProject, request)
+        return response.project
 
     # -- pool, memory, health -------------------------------------------------
 
@@ -1038,14 +1458,31 @@ class AsyncClient:
             self._channels[address] = channel
         return channel
 
-    async def _unary(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+    def _tasks(self) -> tasks_pb2_grpc.TaskServiceAsyncStub:
+        # TaskService is served by orchestratord beside OrchestratorService.
+        stub = tasks_pb2_grpc.TaskServiceStub(self._channel("orchestrator"))
+        return cast("tasks_pb2_grpc.TaskServiceAsyncStub", stub)
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: Any,
+        *,
+        retry: bool = True,
+        timeout: float | Unset | None = UNSET,
+    ) -> T:
+        """One unary call with the client's deadline (or ``timeout``), its
+        error mapped; UNAVAILABLE is retried with backoff unless ``retry`` is
+        False (calls that are not idempotent)."""
+        deadline = self.rpc_timeout if isinstance(timeout, Unset) else timeout
+        retries = self.unavailable_retries if retry else 0
         attempt = 0
         while True:
             try:
-                return await method(request, timeout=self.rpc_timeout)
+                return await method(request, timeout=deadline)
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
-            if not isinstance(error, Unavailable) or attempt >= self.unavailable_retries:
+            if not isinstance(error, Unavailable) or attempt >= retries:
                 raise error
             attempt += 1
             await asyncio.sleep(error.retry_after if error.retry_after is not None else _backoff(attempt))
@@ -1262,6 +1699,136 @@ class Client:
     def run(self, prompt: str, **submit_kwargs: Any) -> SyncJobStream:
         """See :meth:`AsyncClient.run`: ``for text in stream`` then ``stream.result()``."""
         return SyncJobStream(self, self._async.run(prompt, **submit_kwargs))
+
+    def create_task(
+        self,
+        project_id: str,
+        name: str,
+        prompt: str = "",
+        *,
+        messages: Sequence[chat.ChatMessage | chat_pb2.ChatMessage] = (),
+        priority: int = 0,
+        role: str = "",
+        model: str = "",
+        labels: Mapping[str, str] | None = None,
+        requires_approval: bool = False,
+        context_budget: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.Task:
+        """Add a task to a project; see :meth:`AsyncClient.create_task`."""
+        return self._call(
+            self._async.create_task(
+                project_id,
+                name,
+                prompt,
+                messages=messages,
+                priority=priority,
+                role=role,
+                model=model,
+                labels=labels,
+                requires_approval=requires_approval,
+                context_budget=context_budget,
+                agent=agent,
+            )
+        )
+
+    def get_task(self, task_id: int) -> tasks_pb2.GetTaskResponse:
+        """A task with its notes, links and recent runs; see :meth:`AsyncClient.get_task`."""
+        return self._call(self._async.get_task(task_id))
+
+    def list_tasks(self, project_id: str, status: str | int | None = None) -> list[tasks_pb2.Task]:
+        """A project's tasks in scheduling order; see :meth:`AsyncClient.list_tasks`."""
+        return self._call(self._async.list_tasks(project_id, status))
+
+    def add_note(self, task_id: int, text: str, agent: str = "") -> tasks_pb2.Note:
+        """Append a note to a task; see :meth:`AsyncClient.add_note`."""
+        return self._call(self._async.add_note(task_id, text, agent))
+
+    def close_task(
+        self, task_id: int, status: str | int = "done", reason: str = "", agent: str = ""
+    ) -> tasks_pb2.Task:
+        """Mark a task done, failed or cancelled; see :meth:`AsyncClient.close_task`."""
+        return self._call(self._async.close_task(task_id, status, reason, agent))
+
+    def hold_task(self, task_id: int, reason: str, agent: str = "") -> tasks_pb2.Task:
+        """Block a task until released; see :meth:`AsyncClient.hold_task`."""
+        return self._call(self._async.hold_task(task_id, reason, agent))
+
+    def release_task(self, task_id: int, agent: str = "") -> tasks_pb2.Task:
+        """Lift a hold; see :meth:`AsyncClient.release_task`."""
+        return self._call(self._async.release_task(task_id, agent))
+
+    def link_tasks(
+        self, from_task: int, to_task: int, kind: str | int = "requires", agent: str = ""
+    ) -> tasks_pb2.CreateLinkResponse:
+        """Link two tasks; see :meth:`AsyncClient.link_tasks`."""
+        return self._call(self._async.link_tasks(from_task, to_task, kind, agent))
+
+    def unlink_tasks(self, from_task: int, to_task: int, kind: str | int = "requires") -> None:
+        """Remove a link; see :meth:`AsyncClient.unlink_tasks`."""
+        self._call(self._async.unlink_tasks(from_task, to_task, kind))
+
+    def list_links(self, task_id: int) -> tasks_pb2.ListLinksResponse:
+        """A task's outgoing and incoming links; see :meth:`AsyncClient.list_links`."""
+        return self._call(self._async.list_links(task_id))
+
+    def next_task(self, project_id: str) -> tasks_pb2.NextTaskResponse:
+        """The next ready task and the blocked ones; see :meth:`AsyncClient.next_task`."""
+        return self._call(self._async.next_task(project_id))
+
+    def preview_context(self, task_id: int, budget: int = 0) -> tasks_pb2.ContextBundle:
+        """A task's context bundle without running it; see :meth:`AsyncClient.preview_context`."""
+        return self._call(self._async.preview_context(task_id, budget))
+
+    def approve_context(
+        self, task_id: int, pins: Sequence[str] = (), excludes: Sequence[str] = (), agent: str = ""
+    ) -> tasks_pb2.ApproveContextResponse:
+        """Store pins and excludes and approve the task; see :meth:`AsyncClient.approve_context`."""
+        return self._call(self._async.approve_context(task_id, pins, excludes, agent))
+
+    def run_task(
+        self, task_id: int, agent: str = "", *, timeout: float | None = None
+    ) -> tasks_pb2.RunTaskResponse:
+        """Run one task and wait for its run; see :meth:`AsyncClient.run_task`."""
+        return self._call(self._async.run_task(task_id, agent, timeout=timeout))
+
+    def run_project(
+        self,
+        project_id: str,
+        strategy: str | int = "dag",
+        parallelism: int = 0,
+        continue_on_failure: bool = False,
+        agent: str = "",
+    ) -> Iterator[tasks_pb2.RunProjectResponse]:
+        """Run a project's tasks, yielding each change and then the summary;
+        see :meth:`AsyncClient.run_project`. The client must stay open while it is read."""
+        return self._iterate(
+            self._async.run_project(project_id, strategy, parallelism, continue_on_failure, agent)
+        )
+
+    def get_run(self, run_id: int) -> tasks_pb2.GetRunResponse:
+        """A run with its context snapshot; see :meth:`AsyncClient.get_run`."""
+        return self._call(self._async.get_run(run_id))
+
+    def list_runs(self, project_id: str = "", task_id: int = 0, page_size: int = 0) -> list[tasks_pb2.Run]:
+        """The runs of a project or a task, newest first; see :meth:`AsyncClient.list_runs`."""
+        return self._call(self._async.list_runs(project_id, task_id, page_size))
+
+    def rerun_task(self, run_id: int, agent: str = "", *, timeout: float | None = None) -> tasks_pb2.Run:
+        """Run a run's task again with the same snapshot; see :meth:`AsyncClient.rerun_task`."""
+        return self._call(self._async.rerun_task(run_id, agent, timeout=timeout))
+
+    def diff_runs(self, a: int, b: int) -> tasks_pb2.DiffRunsResponse:
+        """What differs between two runs; see :meth:`AsyncClient.diff_runs`."""
+        return self._call(self._async.diff_runs(a, b))
+
+    def set_project_index(self, project_id: str, text: str, agent: str = "") -> tasks_pb2.Project:
+        """Store a project's INDEX document; see :meth:`AsyncClient.set_project_index`."""
+        return self._call(self._async.set_project_index(project_id, text, agent))
+
+    def get_project(self, project_id: str) -> tasks_pb2.Project:
+        """A project with its INDEX and task counts; see :meth:`AsyncClient.get_project`."""
+        return self._call(self._async.get_project(project_id))
 
     def list_workers(self) -> list[pool_pb2.PooledWorker]:
         """See :meth:`AsyncClient.list_workers`."""
@@ -1486,6 +2053,24 @@ def memory_kind_name(kind: int) -> str:
     return name.removeprefix("MEMORY_KIND_").lower()
 
 
+def task_status_name(status: int) -> str:
+    """``TASK_STATUS_WAITING_APPROVAL`` -> ``waiting_approval``; ``unspecified`` for 0."""
+    try:
+        name = tasks_pb2.TaskStatus.Name(cast(tasks_pb2.TaskStatus.ValueType, status))
+    except ValueError:
+        return str(status)
+    return name.removeprefix("TASK_STATUS_").lower()
+
+
+def link_kind_name(kind: int) -> str:
+    """``LINK_KIND_RELATES_TO`` -> ``relates_to``; ``unspecified`` for 0."""
+    try:
+        name = tasks_pb2.LinkKind.Name(cast(tasks_pb2.LinkKind.ValueType, kind))
+    except ValueError:
+        return str(kind)
+    return name.removeprefix("LINK_KIND_").lower()
+
+
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
@@ -1551,6 +2136,44 @@ def _job_state_value(state: str | int | None) -> orchestrator_pb2.JobState.Value
         raise InvalidArgument("state", f"must be one of {', '.join(_JOB_STATES)}, not {state!r}") from None
 
 
+def _enum_key(name: str, prefix: str) -> str:
+    """``"Waiting-Approval"`` / ``"TASK_STATUS_WAITING_APPROVAL"`` -> ``"waiting_approval"``."""
+    return name.strip().lower().replace("-", "_").removeprefix(prefix)
+
+
+def _task_status_value(status: str | int | None) -> tasks_pb2.TaskStatus.ValueType:
+    if status is None or status == "":
+        return tasks_pb2.TASK_STATUS_UNSPECIFIED
+    if isinstance(status, int):
+        return cast(tasks_pb2.TaskStatus.ValueType, status)
+    try:
+        return _TASK_STATUSES[_enum_key(status, "task_status_")]
+    except KeyError:
+        raise ValueError(f"unknown task status {status!r}; one of {', '.join(_TASK_STATUSES)}") from None
+
+
+def _link_kind_value(kind: str | int) -> tasks_pb2.LinkKind.ValueType:
+    if isinstance(kind, int):
+        return cast(tasks_pb2.LinkKind.ValueType, kind)
+    try:
+        return _LINK_KINDS[_enum_key(kind, "link_kind_")]
+    except KeyError:
+        raise ValueError(f"unknown link kind {kind!r}; one of {', '.join(_LINK_KINDS)}") from None
+
+
+def _run_strategy_value(strategy: str | int) -> tasks_pb2.RunStrategy.ValueType:
+    if isinstance(strategy, int):
+        return cast(tasks_pb2.RunStrategy.ValueType, strategy)
+    try:
+        return _RUN_STRATEGIES[_enum_key(strategy, "run_strategy_")]
+    except KeyError:
+        raise ValueError(f"unknown run strategy {strategy!r}; one of {', '.join(_RUN_STRATEGIES)}") from None
+
+
+def _chat_message_proto(message: chat.ChatMessage | chat_pb2.ChatMessage) -> chat_pb2.ChatMessage:
+    return message if isinstance(message, chat_pb2.ChatMessage) else chat.message_to_proto(message)
+
+
 def _memory_kind_value(kind: str | int) -> memory_pb2.MemoryKind.ValueType:
     if isinstance(kind, int):
         return cast(memory_pb2.MemoryKind.ValueType, kind)
@@ -1564,11 +2187,15 @@ def _memory_kind_value(kind: str | int) -> memory_pb2.MemoryKind.ValueType:
 
 __all__ = [
     "ADDRESS_ENV",
+    "CLOSE_STATUS_NAMES",
     "DEFAULT_DATA_DIR",
     "JOB_STATE_NAMES",
+    "LINK_KIND_NAMES",
     "MEMORY_KIND_NAMES",
     "RETRIEVAL_MODE_NAMES",
+    "RUN_STRATEGY_NAMES",
     "STACK_FILE",
+    "TASK_STATUS_NAMES",
     "UNSET",
     "AsyncClient",
     "Client",
@@ -1580,7 +2207,9 @@ __all__ = [
     "event_kind",
     "is_terminal",
     "job_state_name",
+    "link_kind_name",
     "memory_filter",
     "memory_kind_name",
     "memory_message",
+    "task_status_name",
 ]

@@ -119,7 +119,8 @@ async def test_five_tasks_run_in_dependency_order_and_a_rerun_reproduces_the_pro
     summary = updates[-1].summary
     assert (summary.done, summary.failed, summary.blocked, summary.not_run) == (5, 0, 0, 0)
     ended = [u.task for u in updates if u.HasField("task") and u.task.run_id]
-    assert [t.task.name for t in ended][0] == "survey" and [t.task.name for t in ended][-1] == "write-up"
+    names = [t.task.name for t in ended]
+    assert names[0] == "survey" and names[-1] == "write-up"
     runs = {}
     for task in (a, b, c, d, e):
         reply = await api("ListRuns", pb.ListRunsRequest(task_id=task.task_id))
@@ -323,3 +324,67 @@ async def test_bad_input_is_refused_with_the_field_named_and_nothing_written(api
     assert not links.outgoing
     detail = await api("GetTask", pb.GetTaskRequest(task_id=one.task_id))
     assert not detail.notes
+
+
+def test_the_cli_drives_a_project(stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person's whole loop through `hearth`: add tasks with requires, see
+    what is next, preview a context, run the project, list, show, rerun and
+    diff runs, all with --json where a program would read it."""
+    from typer.testing import CliRunner
+
+    from hearth.cli import app
+    from hearth.client import ADDRESS_ENV
+
+    for variable in (*ADDRESS_ENV.values(), "HEARTH_DATA_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    runner = CliRunner()
+    env = {"HEARTH_ORCHESTRATOR_ADDRESS": stack.addresses["orchestratord"]}
+
+    def hearth(*args: str) -> Any:
+        result = runner.invoke(app, ["--data-dir", str(tmp_path), *args], env=env)
+        return result
+
+    def as_json(*args: str) -> Any:
+        result = hearth(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    index = tmp_path / "INDEX.md"
+    index.write_text(INDEX)
+    assert hearth("tasks", "index", "cli", "--file", str(index)).exit_code == 0
+    first = as_json("tasks", "add", "cli", "outline", "--prompt", "Outline the guide.")["task"]
+    second = as_json(
+        "tasks", "add", "cli", "draft", "--prompt", "Draft the guide.", "--requires", first["task_id"]
+    )["task"]
+    listed = as_json("tasks", "list", "cli")
+    assert [(t["name"], t["status"]) for t in listed] == [
+        ("outline", "TASK_STATUS_READY"),
+        ("draft", "TASK_STATUS_PENDING"),
+    ]
+    assert as_json("tasks", "next", "cli")["task"]["task_id"] == first["task_id"]
+    cycle = hearth("tasks", "link", first["task_id"], second["task_id"])
+    assert cycle.exit_code != 0 and "DEPENDENCY_CYCLE" in cycle.output
+
+    preview = hearth("context", "preview", second["task_id"])
+    assert preview.exit_code == 0, preview.output
+    assert "index" in preview.output and "ESTIMATE" in preview.output
+
+    ran = hearth("project", "run", "cli", "--parallel", "1")
+    assert ran.exit_code == 0, ran.output
+    assert "done" in ran.stdout
+    runs = as_json("runs", "list", "--project", "cli")
+    assert sorted(r["task_id"] for r in runs) == sorted([first["task_id"], second["task_id"]])
+    draft_run = next(r for r in runs if r["task_id"] == second["task_id"])
+    shown = as_json("runs", "show", draft_run["run_id"])
+    assert f"task:{first['task_id']}" in [item["source"] for item in shown["bundle"]["items"]]
+
+    rerun = as_json("runs", "rerun", draft_run["run_id"])
+    assert rerun["context_hash"] == draft_run["context_hash"]
+    diff = as_json("runs", "diff", draft_run["run_id"], rerun["run_id"])
+    assert diff["same_prompt"] is True
+    text = hearth("runs", "diff", draft_run["run_id"], rerun["run_id"])
+    assert text.exit_code == 0 and "identical" in text.output
+
+    done = as_json("tasks", "show", second["task_id"])
+    assert done["task"]["status"] == "TASK_STATUS_DONE"
+    assert [link["to_task"] for link in done["outgoing"]] == [first["task_id"]]

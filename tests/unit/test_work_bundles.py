@@ -545,3 +545,58 @@ def test_the_same_candidates_in_any_order_give_the_same_bundle_hash_and_prompt(
         else:
             assert item.text == "" and item.tokens == counter.count(c.text) and item.why
         assert (item.fate is Fate.EXCLUDED) == (c.source in excludes)
+
+
+def chars_at_least(text: str) -> int:
+    return len(text) // 4  # a safe lower bound of both len() and lumpy_count()
+
+
+BOUNDED = (
+    ESTIMATE,
+    TokenCount(count=len, name="chars", exact=True, at_least=chars_at_least),
+    TokenCount(count=lumpy_count, name="lumpy", exact=True, at_least=lambda t: len(t) // 6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cands=st.lists(candidates, max_size=12),
+    budget=st.integers(1, 400),
+    counter=st.sampled_from(BOUNDED),
+    excludes=st.frozensets(st.sampled_from(SOURCES), max_size=2),
+)
+def test_a_run_that_skips_counting_what_cannot_fit_uses_the_same_items(
+    cands: list[Candidate], budget: int, counter: TokenCount, excludes: frozenset[str]
+) -> None:
+    preview = allocate(cands, budget, counter, excludes=excludes)
+    run = allocate(cands, budget, counter, excludes=excludes, count_left_out=False)
+    assert run.used == preview.used
+    assert bundle_hash(run) == bundle_hash(preview)
+    assert render_prompt("task", run) == render_prompt("task", preview)
+    assert [i.candidate for i in run.items] == [i.candidate for i in preview.items]
+    for lazy, exact in zip(run.items, preview.items, strict=True):
+        assert lazy.fate is exact.fate
+        assert lazy.tokens <= exact.tokens
+        if lazy.tokens < exact.tokens:
+            # Counted by the bound: a drop says so; duplicates and excludes keep their why.
+            assert lazy.why.startswith("needs at least") or lazy.why == exact.why
+
+
+def test_a_run_does_not_tokenize_a_candidate_that_cannot_fit() -> None:
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return len(text)
+
+    counter = TokenCount(count=count, name="chars", exact=True, at_least=chars_at_least)
+    small = Candidate(Tier.MEMORY, "memory:a", "memory", "a", "x" * 10)
+    huge = Candidate(Tier.MEMORY, "memory:b", "memory", "b", "y" * 1000, rank=1)
+    bundle = allocate([small, huge], 20, counter, count_left_out=False)
+    assert counted == [small.text]
+    dropped = bundle.items[-1]
+    assert (dropped.fate, dropped.tokens, dropped.why) == (
+        Fate.DROPPED,
+        250,
+        "needs at least 250 tokens, 10 left",
+    )

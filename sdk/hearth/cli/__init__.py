@@ -1,5 +1,6 @@
 """The ``hearth`` command line: ``hearth status``, ``run``, ``jobs``,
-``workers``, ``memory``, ``trace`` (and ``up`` and ``bench`` when installed).
+``workers``, ``memory``, ``trace``, ``tasks``, ``context``, ``project``,
+``runs`` (and ``up`` and ``bench`` when installed).
 
 Every command module exposes ``register(app)``. Commands find the stack with
 :meth:`hearth.client.AsyncClient.from_env`: the ``HEARTH_<SERVICE>_ADDRESS``
@@ -16,13 +17,29 @@ from typing import Annotated
 
 import typer
 
-from hearth.cli import jobs, memory, models, probe, route, run, status, targets, trace, workers
+from hearth.cli import (
+    context,
+    jobs,
+    memory,
+    models,
+    probe,
+    project,
+    route,
+    run,
+    runs,
+    status,
+    targets,
+    tasks,
+    trace,
+    workers,
+)
 from hearth.cli.session import CliSession
 from hearth.client import DEFAULT_DATA_DIR
 
 app = typer.Typer(
     name="hearth",
-    help="Hearth: run prompts on your own GPU stack, see its jobs, workers, memory and traces.",
+    help="Hearth: run prompts and projects of tasks on your own GPU stack; "
+    "see its jobs, workers, memory, runs and traces.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -47,7 +64,22 @@ def _global_options(
     ctx.obj = CliSession(data_dir=data_dir)
 
 
-for _module in (status, run, jobs, workers, memory, trace, probe, targets, models, route):
+for _module in (
+    status,
+    run,
+    jobs,
+    workers,
+    memory,
+    trace,
+    probe,
+    targets,
+    models,
+    route,
+    tasks,
+    context,
+    project,
+    runs,
+):
     _module.register(app)
 
 # `hearth up` and `hearth bench` live in their own modules, which may be absent.

@@ -346,5 +346,57 @@ def router(
     Console().print(table)
 
 
+@bench_app.command("tasks")
+def tasks(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    count: Annotated[int, typer.Option("--tasks", min=10, help="Tasks in the project's DAG.")] = 1000,
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Tasks running at once.")] = 8,
+    candidates: Annotated[int, typer.Option(min=5, help="Candidate items per bundle.")] = 200,
+    bundles: Annotated[int, typer.Option(min=1, help="Bundles assembled.")] = 200,
+    keep_dir: Annotated[Path | None, typer.Option(help="Keep the stack's data and logs here.")] = None,
+) -> None:
+    """Scheduling overhead per task (ready to job start) for a DAG of TASKS tasks through the
+    stack, and context assembly time for bundles of CANDIDATES items, against the targets of
+    issue #10."""
+    from hearth.bench.tasks import BUNDLE_TARGET_MS, SCHEDULING_TARGET_MS, TasksBenchConfig, run_tasks_bench
+
+    config = TasksBenchConfig(tasks=count, parallelism=parallel, candidates=candidates, bundles=bundles)
+    report = _run_bench(lambda progress: run_tasks_bench(config, keep_dir, progress=progress), as_json)
+    if report is None:
+        return
+    table = Table(
+        title=f"Work: {report.tasks_done} of {count} tasks done ({report.links} requires links), "
+        f"{parallel} at once, in {report.project_seconds:.1f} s",
+        caption="scheduling: from the job end that let a task start to its job starting on the worker "
+        "(memory tier off)",
+    )
+    table.add_column("measured (ms)")
+    for column in ("p50", "p99", "max", "mean", "target"):
+        table.add_column(column, justify="right")
+    rows = [
+        ("scheduling overhead per task", report.overhead, f"p50 <= {SCHEDULING_TARGET_MS:g}"),
+        ("  trigger -> start decided", report.trigger_to_decided, ""),
+        ("  start decided -> job started", report.decided_to_started, ""),
+        ("engine (job start -> end)", report.engine, ""),
+        (f"run's bundle of {candidates}, estimate", report.bundle_estimate, f"p99 <= {BUNDLE_TARGET_MS:g}"),
+        (f"run's bundle of {candidates}, tokenizer", report.bundle_tokenizer, f"p99 <= {BUNDLE_TARGET_MS:g}"),
+        (f"preview of {candidates}, tokenizer", report.preview_tokenizer, "(every item counted)"),
+    ]
+    for label, spans, target in rows:
+        table.add_row(
+            label,
+            f"{spans.p50_ms:.2f}",
+            f"{spans.p99_ms:.2f}",
+            f"{spans.max_ms:.2f}",
+            f"{spans.mean_ms:.2f}",
+            target,
+        )
+    Console().print(table)
+    verdict = "meets" if report.scheduling_meets_target else "misses"
+    Console().print(
+        f"scheduling {verdict} its target; bundles {'meet' if report.bundle_meets_target else 'miss'} theirs"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

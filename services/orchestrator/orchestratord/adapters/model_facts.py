@@ -11,6 +11,7 @@ so.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ from orchestratord.domain.bundles import TokenCount, estimate_counter
 from orchestratord.domain.ports import ModelFacts
 
 log = logging.getLogger(__name__)
+
+#: Token counts kept per model (texts of task outputs, INDEX, memories).
+_CACHED_COUNTS = 4096
 
 
 class ConfiguredModels:
@@ -109,7 +113,33 @@ def _tokenizer_counter(model: ModelConfig) -> TokenCount:
         log.warning("model %s: cannot load %s (%s); estimating tokens", model.name, file, err)
         return estimate_counter()
 
+    # No token covers more than the longest vocabulary entry's characters
+    # (bytes, for byte-level BPE); halved, the bound stays safe whatever the
+    # normalizer adds or removes.
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+
+    @functools.lru_cache(maxsize=_CACHED_COUNTS)
     def count(text: str) -> int:
+        # Cached: a project's INDEX and task outputs come back in bundle after bundle.
         return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
-    return TokenCount(count, f"tokenizer:{model.name}", exact=True)
+    def at_least(text: str) -> int:
+        return len(text) // (2 * longest)
+
+    def head(text: str, limit: int) -> tuple[str, int]:
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) <= limit:
+            return text, len(encoding.ids)
+        # Cut after token ``limit`` (by its character offsets); text cut at a
+        # token boundary may tokenize a little differently, so measure and
+        # step back until it fits.
+        end = limit
+        while end > 0:
+            cut = text[: encoding.offsets[end - 1][1]]
+            tokens = count(cut)
+            if tokens <= limit:
+                return cut, tokens
+            end -= max(1, tokens - limit)
+        return "", 0
+
+    return TokenCount(count, f"tokenizer:{model.name}", exact=True, at_least=at_least, head=head)

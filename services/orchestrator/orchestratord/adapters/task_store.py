@@ -385,6 +385,38 @@ _FINISH_RUN = (
 _GET_RUN = select(task_runs).where(task_runs.c.id == bindparam("run_id"))
 
 
+#: The latest successful run's output of each task, with the task's name.
+_LATEST_OUTPUTS = (
+    select(task_runs.c.task_id, tasks.c.name, task_runs.c.output)
+    .distinct(task_runs.c.task_id)
+    .join(tasks, tasks.c.id == task_runs.c.task_id)
+    .where(task_runs.c.task_id.in_(bindparam("task_ids", expanding=True)), task_runs.c.status == "done")
+    .order_by(task_runs.c.task_id, task_runs.c.id.desc())
+)
+
+
+def _status_params(task_id: int, status: TaskStatus, reason: str, at: float, by: str) -> dict[str, Any]:
+    return {
+        "b_id": task_id,
+        "b_status": status.value,
+        "b_reason": reason,
+        "b_at": _ts(at),
+        "b_by": by,
+        "b_closing": status.is_closed,
+    }
+
+
+def _snapshot_values(snapshot: ContextSnapshot) -> dict[str, Any]:
+    return {
+        "hash": snapshot.context_hash,
+        "items": list(snapshot.items),
+        "budget": snapshot.budget,
+        "counter": snapshot.counter,
+        "exact": snapshot.exact,
+        "prompt": snapshot.prompt,
+    }
+
+
 def _prefixed(values: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters for a statement whose bind names are ``b_<column>``."""
     return {f"b_{name}": value for name, value in values.items()}
@@ -479,18 +511,7 @@ class PostgresTaskStore:
         Unknown task ids are skipped."""
         if not changes:
             return
-        when = _ts(at)
-        params = [
-            {
-                "b_id": task_id,
-                "b_status": status.value,
-                "b_reason": reason,
-                "b_at": when,
-                "b_by": by,
-                "b_closing": status.is_closed,
-            }
-            for task_id, status, reason in changes
-        ]
+        params = [_status_params(task_id, status, reason, at, by) for task_id, status, reason in changes]
         async with self._engine.begin() as conn:
             await conn.execute(_SET_STATUS, params)
 
@@ -565,16 +586,8 @@ class PostgresTaskStore:
         return None if row is None else _override(row)
 
     async def put_snapshot(self, snapshot: ContextSnapshot) -> bool:
-        values = {
-            "hash": snapshot.context_hash,
-            "items": list(snapshot.items),
-            "budget": snapshot.budget,
-            "counter": snapshot.counter,
-            "exact": snapshot.exact,
-            "prompt": snapshot.prompt,
-        }
         async with self._autocommit.connect() as conn:
-            return (await conn.execute(_PUT_SNAPSHOT, values)).first() is not None
+            return (await conn.execute(_PUT_SNAPSHOT, _snapshot_values(snapshot))).first() is not None
 
     async def get_snapshot(self, context_hash: str) -> ContextSnapshot | None:
         async with self._autocommit.connect() as conn:
@@ -587,6 +600,39 @@ class PostgresTaskStore:
         async with self._autocommit.connect() as conn:
             row = (await conn.execute(_INSERT_RUN, _run_values(run))).one()
         return _run(row)
+
+    async def start_run(
+        self, snapshot: ContextSnapshot | None, run: TaskRun, *, by: str, mark_running: bool = True
+    ) -> TaskRun:
+        """One transaction: the snapshot (unless stored), the run, and (with
+        ``mark_running``) its task RUNNING."""
+        async with self._engine.begin() as conn:
+            if snapshot is not None:
+                await conn.execute(_PUT_SNAPSHOT, _snapshot_values(snapshot))
+            row = (await conn.execute(_INSERT_RUN, _run_values(run))).one()
+            if mark_running:
+                status = _status_params(run.task_id, TaskStatus.RUNNING, "", run.started_at, by)
+                await conn.execute(_SET_STATUS, status)
+        return _run(row)
+
+    async def end_run(self, run: TaskRun, status: TaskStatus, reason: str, *, at: float, by: str) -> None:
+        """One transaction: the run's end (as finish_run) and its task's
+        status and reason."""
+        params = _prefixed(_finished_run_values(run))
+        params["b_id"] = run.run_id
+        async with self._engine.begin() as conn:
+            if (await conn.execute(_FINISH_RUN, params)).first() is None:
+                raise NotFound(
+                    f"no run {run.run_id}", reason="RUN_NOT_FOUND", metadata={"run_id": str(run.run_id)}
+                )
+            await conn.execute(_SET_STATUS, _status_params(run.task_id, status, reason, at, by))
+
+    async def latest_outputs(self, task_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        if not task_ids:
+            return {}
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(_LATEST_OUTPUTS, {"task_ids": list(task_ids)})).all()
+        return {row.task_id: (row.name, row.output) for row in rows}
 
     async def finish_run(self, run: TaskRun) -> None:
         """Writes status, job_id, model, engine, weights_digest,

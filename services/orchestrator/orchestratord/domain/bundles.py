@@ -127,6 +127,12 @@ class TokenCount:
     #: local tokenizer is known (then counts are ceil(chars / 4)).
     name: str
     exact: bool
+    #: A cheap lower bound of ``count(text)`` (never more than it), so a run
+    #: need not tokenize what cannot fit; None: count everything.
+    at_least: Callable[[str], int] | None = None
+    #: The longest head of a text within n tokens and its count, in one
+    #: pass of the tokenizer; None: a binary search over ``count``.
+    head: Callable[[str, int], tuple[str, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,7 @@ def allocate(
     counter: TokenCount,
     *,
     excludes: frozenset[str] = frozenset(),
+    count_left_out: bool = True,
 ) -> Bundle:
     """Fill ``budget`` tokens with ``candidates``, tier by tier.
 
@@ -187,6 +194,13 @@ def allocate(
     ``tokens`` is ``counter.count`` of the text that went in, and their sum
     never exceeds ``budget``.
 
+    With ``count_left_out`` False (a run: nobody reads what was left out)
+    and a counter with ``at_least``, a candidate whose lower bound already
+    exceeds what is left (its summary's too, and no truncation possible) is
+    DROPPED without being tokenized: its ``tokens`` is the bound and its why
+    "needs at least N tokens, M left". The used items are the same either
+    way, so the bundle's hash is too.
+
     Raises:
         ValueError: ``budget`` is not positive, or a candidate's rank is NaN
             (it would make the order depend on the input order).
@@ -199,15 +213,27 @@ def allocate(
     left_out: list[BundleItem] = []
     seen: set[str] = set()
     remaining = budget
+    at_least = None if count_left_out else counter.at_least
     for cand in sorted(candidates, key=_candidate_order):
-        need = counter.count(cand.text)
-        if cand.source in excludes:
-            left_out.append(BundleItem(cand, Fate.EXCLUDED, "", need, "excluded by a person"))
-            continue
-        if cand.source in seen:
-            left_out.append(BundleItem(cand, Fate.DROPPED, "", need, "duplicate of an earlier item"))
+        if cand.source in excludes or cand.source in seen:
+            tokens = at_least(cand.text) if at_least is not None else counter.count(cand.text)
+            if cand.source in excludes:
+                left_out.append(BundleItem(cand, Fate.EXCLUDED, "", tokens, "excluded by a person"))
+            else:
+                left_out.append(BundleItem(cand, Fate.DROPPED, "", tokens, "duplicate of an earlier item"))
             continue
         seen.add(cand.source)
+        if at_least is not None:
+            bound = at_least(cand.text)
+            if (
+                bound > remaining
+                and not (cand.tier is Tier.REQUIRED and remaining >= MIN_TRUNCATED_TOKENS)
+                and (not cand.summary or at_least(cand.summary) > remaining)
+            ):
+                why = f"needs at least {bound} tokens, {remaining} left"
+                left_out.append(BundleItem(cand, Fate.DROPPED, "", bound, why))
+                continue
+        need = counter.count(cand.text)
         if need <= remaining:
             used.append(BundleItem(cand, Fate.INCLUDED, cand.text, need))
             remaining -= need
@@ -219,7 +245,10 @@ def allocate(
             remaining -= summary_need
             continue
         if cand.tier is Tier.REQUIRED and remaining >= MIN_TRUNCATED_TOKENS:
-            head, head_tokens = _longest_head(cand.text, remaining, counter.count)
+            if counter.head is not None:
+                head, head_tokens = counter.head(cand.text, remaining)
+            else:
+                head, head_tokens = _longest_head(cand.text, remaining, counter.count)
             if head:
                 why = (
                     f"full text needs {need} tokens, {remaining} left; "
@@ -340,4 +369,4 @@ def estimate_tokens(text: str) -> int:
 def estimate_counter() -> TokenCount:
     """The counter for when no local tokenizer is known: ceil(chars / 4),
     named "estimate", not exact."""
-    return TokenCount(count=estimate_tokens, name="estimate", exact=False)
+    return TokenCount(count=estimate_tokens, name="estimate", exact=False, at_least=estimate_tokens)

@@ -443,6 +443,23 @@ class TaskStore(Protocol):
         """Write a run's end: status, job, model, engine, usage, output, times."""
         ...
 
+    async def start_run(
+        self, snapshot: ContextSnapshot | None, run: TaskRun, *, by: str, mark_running: bool = True
+    ) -> TaskRun:
+        """In one transaction: store the snapshot unless stored, insert the
+        run (``run_id`` ignored) and, with ``mark_running``, set its task
+        RUNNING; the run with its id."""
+        ...
+
+    async def end_run(self, run: TaskRun, status: TaskStatus, reason: str, *, at: float, by: str) -> None:
+        """In one transaction: the run's end (as finish_run) and its task's
+        status and reason."""
+        ...
+
+    async def latest_outputs(self, task_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """(name, output) of the latest done run of each task that has one."""
+        ...
+
     async def get_run(self, run_id: int) -> TaskRun | None: ...
 
     async def list_runs(self, *, project_id: str = "", task_id: int = 0, limit: int = 100) -> list[TaskRun]:

@@ -36,6 +36,7 @@ from orchestratord.domain.bundles import (
     bundle_to_json,
     render_prompt,
 )
+from orchestratord.domain.context import ContextItem
 from orchestratord.domain.jobs import JobSnapshot, JobState
 from orchestratord.domain.ports import Memory, ModelCatalog, TaskStore
 from orchestratord.domain.run_diff import RunDiff, diff_runs
@@ -386,7 +387,7 @@ class WorkService:
             raise InvalidArgument("budget", "must not be negative (0: the task's budget)")
         if budget:
             self._check_budget(budget, task.model, task.role)
-        return await self._gather(task, budget or task.context_budget)
+        return await self._gather(task, budget or task.context_budget, count_left_out=True)
 
     async def approve_context(
         self, task_id: int, pins: Sequence[str], excludes: Sequence[str], agent: str
@@ -417,11 +418,12 @@ class WorkService:
         )
         await self.refresh(task.project_id, by=agent)
         task = await self.get_task(task.task_id)
-        return task, await self._gather(task, task.context_budget)
+        return task, await self._gather(task, task.context_budget, count_left_out=True)
 
-    async def _gather(self, task: Task, budget: int) -> Preview:
+    async def _gather(self, task: Task, budget: int, *, count_left_out: bool = False) -> Preview:
         """gather_context: the candidates in their tiers, allocated within the
-        budget, rendered into the prompt."""
+        budget, rendered into the prompt. A preview counts every candidate
+        (``count_left_out``); a run counts only what could go in."""
         facts = self._models.resolve(task.model, task.role)
         counter = self._models.counter(facts)
         budget = budget or self._limits.default_context_budget
@@ -431,94 +433,90 @@ class WorkService:
         override = await self._store.get_override(task.task_id)
         candidates = await self._candidates(task, override, budget)
         excludes = frozenset(override.excludes) if override else frozenset()
-        bundle = allocate(candidates, budget, counter, excludes=excludes)
+        bundle = allocate(candidates, budget, counter, excludes=excludes, count_left_out=count_left_out)
         prompt = render_prompt(task.input.text, bundle)
         return Preview(bundle, prompt, context_hash(bundle, prompt))
 
     async def _candidates(self, task: Task, override: ContextOverride | None, budget: int) -> list[Candidate]:
-        candidates: list[Candidate] = []
-        project = await self._store.get_project(task.project_id)
-        if project is not None and project.index_document.strip():
-            candidates.append(Candidate(Tier.INDEX, "index", "index", "INDEX", project.index_document))
-        outgoing, incoming = await self._store.list_links(task.task_id)
-        for link in outgoing:
-            if link.kind is LinkKind.REQUIRES:
-                required = await self._latest_output(link.to_task)
-                if required is not None:
-                    name, output = required
-                    candidates.append(
-                        Candidate(
-                            Tier.REQUIRED, f"task:{link.to_task}", "output", name, output, rank=link.to_task
-                        )
-                    )
+        """Every candidate of the task's bundle, in its tier. The reads that
+        do not depend on each other run together."""
+        project, (outgoing, incoming), memory_items = await asyncio.gather(
+            self._store.get_project(task.project_id),
+            self._store.list_links(task.task_id),
+            self._memory_items(task, budget),
+        )
+        required = sorted(link.to_task for link in outgoing if link.kind is LinkKind.REQUIRES)
         related = sorted(
             {link.to_task for link in outgoing if link.kind is not LinkKind.REQUIRES}
             | {link.from_task for link in incoming if link.kind is not LinkKind.REQUIRES}
         )
-        for other in related:
-            found = await self._latest_output(other)
-            if found is not None:
-                name, output = found
+        pins = override.pins if override else ()
+        pinned_tasks = [int(m.group(2)) for m in map(_SOURCE.fullmatch, pins) if m is not None and m.group(1)]
+        outputs = await self._store.latest_outputs(sorted({*required, *related, *pinned_tasks}))
+
+        candidates: list[Candidate] = []
+        if project is not None and project.index_document.strip():
+            candidates.append(Candidate(Tier.INDEX, "index", "index", "INDEX", project.index_document))
+        for task_id in required:
+            if task_id in outputs:
+                name, output = outputs[task_id]
+                candidates.append(
+                    Candidate(Tier.REQUIRED, f"task:{task_id}", "output", name, output, rank=task_id)
+                )
+        for task_id in related:
+            if task_id in outputs:
+                name, output = outputs[task_id]
                 short = output[:SIBLING_CHARS]
                 candidates.append(
-                    Candidate(Tier.SIBLING, f"task:{other}", "sibling", name, short, rank=other)
+                    Candidate(Tier.SIBLING, f"task:{task_id}", "sibling", name, short, rank=task_id)
                 )
-        if self._memory is not None:
-            try:
-                items = await self._memory.context(
-                    task.input.text,
-                    task.project_id,
-                    str(task.task_id),
-                    budget,
-                    self._limits.memory_top_k,
-                    time_limit=self._limits.memory_time_limit,
-                )
-            except HearthError as err:
-                log.warning("task %d: no memory context (%s: %s)", task.task_id, err.reason, err.message)
-            else:
-                for rank, item in enumerate(items):
-                    candidates.append(
-                        Candidate(
-                            Tier.MEMORY,
-                            f"memory:{item.memory_id}",
-                            "memory",
-                            item.section.value,
-                            item.text,
-                            rank=rank,
-                        )
-                    )
-        for rank, source in enumerate(override.pins if override else ()):
-            pinned = await self._pinned(task, source)
+        for rank, item in enumerate(memory_items):
+            source = f"memory:{item.memory_id}"
+            candidates.append(
+                Candidate(Tier.MEMORY, source, "memory", item.section.value, item.text, rank=rank)
+            )
+        for rank, source in enumerate(pins):
+            pinned = await self._pinned(task, source, outputs)
             if pinned is not None:
                 title, text = pinned
                 candidates.append(Candidate(Tier.PINNED, f"pin:{source}", "pinned", title, text, rank=rank))
         return candidates
 
-    async def _latest_output(self, task_id: int) -> tuple[str, str] | None:
-        """(name, output) of a task's latest successful run, or None."""
-        task = await self._store.get_task(task_id)
-        if task is None:
-            return None
-        for run in await self._store.list_runs(task_id=task_id, limit=20):
-            if run.status is RunStatus.DONE:
-                return task.name, run.output
-        return None
+    async def _memory_items(self, task: Task, budget: int) -> list[ContextItem]:
+        """memoryd's hits for the task; none (logged) when memoryd fails: a
+        bundle without memory beats no run."""
+        if self._memory is None:
+            return []
+        try:
+            return await self._memory.context(
+                task.input.text,
+                task.project_id,
+                str(task.task_id),
+                budget,
+                self._limits.memory_top_k,
+                time_limit=self._limits.memory_time_limit,
+            )
+        except HearthError as err:
+            log.warning("task %d: no memory context (%s: %s)", task.task_id, err.reason, err.message)
+            return []
 
-    async def _pinned(self, task: Task, source: str) -> tuple[str, str] | None:
+    async def _pinned(
+        self, task: Task, source: str, outputs: Mapping[int, tuple[str, str]]
+    ) -> tuple[str, str] | None:
         match = _SOURCE.fullmatch(source)
         if match is None:
             return None
         if match.group(1):
-            return await self._latest_output(int(match.group(2)))
+            return outputs.get(int(match.group(2)))
         if self._memory is None:
             return None
         try:
-            memory = await self._memory.get(
+            text = await self._memory.get(
                 task.project_id, match.group(4), time_limit=self._limits.memory_time_limit
             )
         except NotFound:
             return None
-        return "memory", memory
+        return "memory", text
 
     async def _check_pin(self, task: Task, where: str, source: str) -> None:
         check_text(where, source)
@@ -565,8 +563,8 @@ class WorkService:
         if snapshot is None:
             raise FailedPrecondition(f"run {run_id} has no stored context", reason="NO_SNAPSHOT")
         task = await self.get_task(previous.task_id)
-        return await self._submit_run(
-            task, snapshot, dict(previous.sampling), previous.model, agent, rerun_of=run_id
+        return await self._run_job(
+            task, snapshot, dict(previous.sampling), previous.model, agent, mark_task=False, rerun_of=run_id
         )
 
     async def get_run(self, run_id: int) -> TaskRun:
@@ -633,60 +631,79 @@ class WorkService:
         running: dict[asyncio.Task[TaskRun], Task] = {}
         stopped = False
         try:
-            tasks = await self.refresh(project_id, by=agent)
+            # The project's state is read once and kept here: each end
+            # updates it in memory and writes only what changed, so a run
+            # of n tasks costs O(n) reads, not O(n^2).
+            tasks = {t.task_id: t for t in await self.refresh(project_id, by=agent)}
             requires = [
                 (link.from_task, link.to_task)
                 for link in await self._store.project_links(project_id, LinkKind.REQUIRES)
             ]
-            depth = _depths([t.task_id for t in tasks], requires)
-            started: set[int] = set()
+            depth = _depths(list(tasks), requires)
+
+            def order(task: Task) -> tuple[float, ...]:
+                key = _schedule_key(task)
+                return (depth.get(task.task_id, 0), *key) if strategy == "dag" else key
+
+            ready: list[tuple[tuple[float, ...], int]] = []
+            queued: set[int] = set()
+
+            def enqueue_ready() -> None:
+                for task in tasks.values():
+                    if (
+                        task.status is TaskStatus.READY
+                        and task.task_id not in queued
+                        and task.task_id not in self._running
+                    ):
+                        queued.add(task.task_id)
+                        heapq.heappush(ready, (order(task), task.task_id))
+
+            enqueue_ready()
             while True:
-                if not stopped:
-                    ready = [
-                        t
-                        for t in tasks
-                        if t.status is TaskStatus.READY
-                        and t.task_id not in started
-                        and t.task_id not in self._running
-                    ]
-                    order = (
-                        (lambda t: (depth.get(t.task_id, 0), *_schedule_key(t)))
-                        if strategy == "dag"
-                        else _schedule_key
+                while not stopped and ready and len(running) < slots:
+                    _, task_id = heapq.heappop(ready)
+                    task = tasks[task_id]
+                    if task.status is not TaskStatus.READY or task_id in self._running:
+                        continue
+                    self._running.add(task_id)
+                    work = asyncio.create_task(
+                        self._execute(task, agent, claimed=True), name=f"task-{task_id}"
                     )
-                    for task in heapq.nsmallest(max(0, slots - len(running)), ready, key=order):
-                        started.add(task.task_id)
-                        self._running.add(task.task_id)
-                        work = asyncio.create_task(
-                            self._execute(task, agent, claimed=True), name=f"task-{task.task_id}"
-                        )
-                        running[work] = task
-                        yield TaskUpdate(replace(task, status=TaskStatus.RUNNING))
+                    running[work] = task
+                    tasks[task_id] = replace(task, status=TaskStatus.RUNNING)
+                    yield TaskUpdate(tasks[task_id])
                 if not running:
                     break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                ended = []
                 for work in done:
                     task = running.pop(work)
                     run = work.result()
-                    if run.status is not RunStatus.DONE and not continue_on_failure:
+                    status, reason = _task_outcome(run)
+                    tasks[task.task_id] = replace(task, status=status, status_reason=reason)
+                    ended.append(run)
+                    if status is not TaskStatus.DONE and not continue_on_failure:
                         stopped = True
-                tasks = await self.refresh(project_id, by=agent)
-                by_id = {t.task_id: t for t in tasks}
-                for work in done:
-                    run = work.result()
-                    yield TaskUpdate(by_id.get(run.task_id, running.get(work, task)), run)
+                changes = _derived_changes(list(tasks.values()), requires)
+                if changes:
+                    await self._store.set_statuses(changes, at=self._clock(), by=agent)
+                    for task_id, status, reason in changes:
+                        tasks[task_id] = replace(tasks[task_id], status=status, status_reason=reason)
+                enqueue_ready()
+                for run in ended:
+                    yield TaskUpdate(tasks[run.task_id], run)
         finally:
             for work in running:
                 work.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
             self._project_runs.discard(project_id)
-        tasks = await self._store.list_tasks(project_id)
-        blocked = [t for t in tasks if t.status is TaskStatus.BLOCKED]
-        left = [t for t in tasks if not t.status.is_closed and t.status is not TaskStatus.BLOCKED]
+        final = await self._store.list_tasks(project_id)
+        blocked = [t for t in final if t.status is TaskStatus.BLOCKED]
+        left = [t for t in final if not t.status.is_closed and t.status is not TaskStatus.BLOCKED]
         yield ProjectRunSummary(
-            done=sum(t.status is TaskStatus.DONE for t in tasks),
-            failed=sum(t.status is TaskStatus.FAILED for t in tasks),
+            done=sum(t.status is TaskStatus.DONE for t in final),
+            failed=sum(t.status is TaskStatus.FAILED for t in final),
             blocked=len(blocked),
             not_run=len(left),
             stopped_on_failure=stopped and bool(left),
@@ -711,43 +728,51 @@ class WorkService:
             )
 
     async def _execute(self, task: Task, agent: str, *, claimed: bool = False) -> TaskRun:
-        """Assemble, snapshot and run one task; marks it done or failed."""
+        """Assemble, snapshot and run one task; marks it done or failed. A
+        context that cannot be assembled is a failed run too (recorded,
+        without a snapshot), never an exception."""
         if not claimed:
             self._running.add(task.task_id)
         try:
-            now = self._clock()
-            await self._store.set_statuses([(task.task_id, TaskStatus.RUNNING, "")], at=now, by=agent)
-            try:
-                preview = await self._gather(task, task.context_budget)
-            except HearthError as err:
-                await self._store.set_statuses(
-                    [(task.task_id, TaskStatus.FAILED, f"{err.reason}: {err.message}")],
-                    at=self._clock(),
-                    by=agent,
-                )
-                raise
             sampling = {
                 "max_tokens": self._limits.max_tokens,
                 "temperature": self._limits.temperature,
                 "seed": self._limits.seed,
             }
-            run = await self._submit_run(task, preview.snapshot(), sampling, task.model, agent)
-            if run.status is RunStatus.DONE:
-                status, reason = TaskStatus.DONE, ""
-            else:
-                status, reason = TaskStatus.FAILED, f"{run.end_reason}: {run.end_message}".strip(": ")
-            await self._store.set_statuses(
-                [(task.task_id, status, run.end_reason or reason)], at=self._clock(), by=agent
-            )
-            if status is TaskStatus.FAILED and run.end_message:
-                await self._store.add_note(
-                    task.task_id, agent, f"run {run.run_id} failed: {reason}", self._clock()
+            try:
+                preview = await self._gather(task, task.context_budget)
+            except HearthError as err:
+                now = self._clock()
+                failed = TaskRun(
+                    run_id=0,
+                    task_id=task.task_id,
+                    project_id=task.project_id,
+                    status=RunStatus.FAILED,
+                    context_hash="",
+                    model=task.model,
+                    sampling=sampling,
+                    end_reason=err.reason,
+                    end_message=f"the context could not be assembled: {err.message}",
+                    started_at=now,
+                    ended_at=now,
+                    started_by=agent,
                 )
+                run = await self._store.start_run(None, failed, by=agent)
+            else:
+                run = await self._run_job(
+                    task, preview.snapshot(), sampling, task.model, agent, mark_task=True
+                )
+            status, reason = _task_outcome(run)
+            if run.context_hash == "":
+                await self._store.end_run(run, status, reason, at=self._clock(), by=agent)
+            if status is TaskStatus.FAILED and run.end_message:
+                note = f"run {run.run_id} failed: {run.end_reason}: {run.end_message}"
+                await self._store.add_note(task.task_id, agent, note, self._clock())
             return run
         finally:
             self._running.discard(task.task_id)
 
-    async def _submit_run(
+    async def _run_job(
         self,
         task: Task,
         snapshot: ContextSnapshot,
@@ -755,13 +780,14 @@ class WorkService:
         model: str,
         agent: str,
         *,
+        mark_task: bool,
         rerun_of: int = 0,
     ) -> TaskRun:
-        """Store the snapshot, record the run, submit its job, wait for the
-        end and record it."""
-        await self._store.put_snapshot(snapshot)
-        now = self._clock()
-        run = await self._store.create_run(
+        """Record the run (with its snapshot, in one transaction), submit its
+        job, wait for the end and record it. With ``mark_task`` the task is
+        RUNNING meanwhile and done or failed after (a rerun leaves it be)."""
+        run = await self._store.start_run(
+            snapshot,
             TaskRun(
                 run_id=0,
                 task_id=task.task_id,
@@ -771,9 +797,11 @@ class WorkService:
                 rerun_of=rerun_of,
                 model=model,
                 sampling=dict(sampling),
-                started_at=now,
+                started_at=self._clock(),
                 started_by=agent,
-            )
+            ),
+            by=agent,
+            mark_running=mark_task,
         )
         prompt, messages = snapshot.prompt, tuple[ChatMessage, ...]()
         if task.input.messages:
@@ -794,7 +822,7 @@ class WorkService:
         )
         try:
             submitted = await self._jobs.submit(draft)
-            job = await self._wait(submitted.job.job_id)
+            ended = self._ended(run, await self._wait(submitted.job.job_id))
         except HearthError as err:
             ended = replace(
                 run,
@@ -803,10 +831,11 @@ class WorkService:
                 end_message=err.message,
                 ended_at=self._clock(),
             )
+        if mark_task:
+            status, reason = _task_outcome(ended)
+            await self._store.end_run(ended, status, reason, at=self._clock(), by=agent)
+        else:
             await self._store.finish_run(ended)
-            return ended
-        ended = self._ended(run, job)
-        await self._store.finish_run(ended)
         return ended
 
     async def _wait(self, job_id: str) -> JobSnapshot:
@@ -889,6 +918,15 @@ def _derived_changes(
         if status is not task.status or reason != task.status_reason:
             changes.append((task.task_id, status, reason))
     return changes
+
+
+def _task_outcome(run: TaskRun) -> tuple[TaskStatus, str]:
+    """The task's status after a run, and its reason (the run's end reason)."""
+    if run.status is RunStatus.DONE:
+        return TaskStatus.DONE, ""
+    if run.status is RunStatus.CANCELLED:
+        return TaskStatus.CANCELLED, run.end_reason or "CANCELLED"
+    return TaskStatus.FAILED, run.end_reason or "FAILED"
 
 
 def _schedule_key(task: Task) -> tuple[int, float, int]:
