@@ -14,8 +14,10 @@ Two measurements, in one run:
    end and the task's status, deriving the statuses, reading the task's
    context from PostgreSQL, storing the snapshot and the run record,
    submitting, routing, queueing and placing the job. It is reported whole
-   and in two parts: trigger -> start decided (the runner's stream says so)
-   and start decided -> job started. The memory tier is left out (the
+   and in parts, all from the stack's own clocks: trigger -> the dependant's
+   run recorded (the runner and the context), run recorded -> job created
+   (the start transaction, SubmitJob and routing) and job created -> job
+   started (persisting, placing, the worker's Generate). The memory tier is left out (the
    orchestrator gets no memoryd address) so that memoryd's retrieval, which
    `hearth bench memory` measures, is not counted as scheduling.
 2. Context assembly, in process: ``bundles`` bundles of ``candidates``
@@ -83,8 +85,9 @@ class TasksBenchReport:
     project_seconds: float = 0.0
     create_ms_per_task: float = 0.0
     overhead: Spans = field(default_factory=Spans)
-    trigger_to_decided: Spans = field(default_factory=Spans)
-    decided_to_started: Spans = field(default_factory=Spans)
+    trigger_to_run: Spans = field(default_factory=Spans)
+    run_to_job: Spans = field(default_factory=Spans)
+    job_to_start: Spans = field(default_factory=Spans)
     engine: Spans = field(default_factory=Spans)
     bundle_estimate: Spans = field(default_factory=Spans)
     bundle_tokenizer: Spans = field(default_factory=Spans)
@@ -247,21 +250,22 @@ async def _measure_scheduling(
             runs = (await tasks.ListRuns(pb.ListRunsRequest(project_id=project, page_size=1000))).runs
             report.tasks_done = sum(run.status == "done" for run in runs)
             job_of = {run.task_id: run.job_id for run in runs if run.job_id}
+            run_start = {run.task_id: float(run.start_time.ToNanoseconds()) / 1e9 for run in runs}
 
             def seconds(ts: Any) -> float:
                 return float(ts.ToNanoseconds()) / 1e9
 
-            job_times: dict[str, tuple[float, float]] = {}
+            job_times: dict[str, tuple[float, float, float]] = {}
             for job_id in job_of.values():
                 job = (await jobs.GetJob(orchestrator_pb2.GetJobRequest(job_id=job_id))).job
-                job_times[job_id] = (seconds(job.start_time), seconds(job.end_time))
+                job_times[job_id] = (seconds(job.create_time), seconds(job.start_time), seconds(job.end_time))
 
-            overhead, reaction, starting, engine = [], [], [], []
+            overhead, to_run, to_job, to_start, engine = [], [], [], [], []
             trigger = latest_end = began
             trigger_pending = False
-            for received, task_id, ended_job in stream:
+            for _received, task_id, ended_job in stream:
                 if ended_job:  # an end: its job's end may trigger the next starts
-                    latest_end = max(latest_end, job_times.get(ended_job, (0.0, latest_end))[1])
+                    latest_end = max(latest_end, job_times.get(ended_job, (0.0, 0.0, latest_end))[2])
                     trigger_pending = True
                     continue
                 if trigger_pending:
@@ -269,14 +273,16 @@ async def _measure_scheduling(
                 job_id = job_of.get(task_id)
                 if job_id is None or job_id not in job_times:
                     continue
-                started, ended = job_times[job_id]
+                created, started, ended = job_times[job_id]
                 overhead.append(started - trigger)
-                reaction.append(received - trigger)
-                starting.append(started - received)
+                to_run.append(run_start[task_id] - trigger)
+                to_job.append(created - run_start[task_id])
+                to_start.append(started - created)
                 engine.append(ended - started)
             report.overhead = Spans.of(overhead)
-            report.trigger_to_decided = Spans.of(reaction)
-            report.decided_to_started = Spans.of(starting)
+            report.trigger_to_run = Spans.of(to_run)
+            report.run_to_job = Spans.of(to_job)
+            report.job_to_start = Spans.of(to_start)
             report.engine = Spans.of(engine)
     finally:
         await asyncio.to_thread(stack.stop)

@@ -375,8 +375,9 @@ def tasks(
         table.add_column(column, justify="right")
     rows = [
         ("scheduling overhead per task", report.overhead, f"p50 <= {SCHEDULING_TARGET_MS:g}"),
-        ("  trigger -> start decided", report.trigger_to_decided, ""),
-        ("  start decided -> job started", report.decided_to_started, ""),
+        ("  trigger -> run recorded", report.trigger_to_run, ""),
+        ("  run recorded -> job created", report.run_to_job, ""),
+        ("  job created -> job started", report.job_to_start, ""),
         ("engine (job start -> end)", report.engine, ""),
         (f"run's bundle of {candidates}, estimate", report.bundle_estimate, f"p99 <= {BUNDLE_TARGET_MS:g}"),
         (f"run's bundle of {candidates}, tokenizer", report.bundle_tokenizer, f"p99 <= {BUNDLE_TARGET_MS:g}"),

@@ -382,7 +382,18 @@ _FINISH_RUN = (
     .values({name: bindparam(f"b_{name}", type_=task_runs.c[name].type) for name in _FINISHED_RUN_COLUMNS})
     .returning(task_runs.c.id)
 )
+#: The same update for many runs (executemany takes no RETURNING).
+_FINISH_RUN_MANY = (
+    update(task_runs)
+    .where(task_runs.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}", type_=task_runs.c[name].type) for name in _FINISHED_RUN_COLUMNS})
+)
 _GET_RUN = select(task_runs).where(task_runs.c.id == bindparam("run_id"))
+_PROJECT_OVERRIDES = (
+    select(context_overrides)
+    .join(tasks, tasks.c.id == context_overrides.c.task_id)
+    .where(tasks.c.project_id == bindparam("project_id"))
+)
 
 
 #: The latest successful run's output of each task, with the task's name.
@@ -615,17 +626,35 @@ class PostgresTaskStore:
                 await conn.execute(_SET_STATUS, status)
         return _run(row)
 
-    async def end_run(self, run: TaskRun, status: TaskStatus, reason: str, *, at: float, by: str) -> None:
-        """One transaction: the run's end (as finish_run) and its task's
-        status and reason."""
-        params = _prefixed(_finished_run_values(run))
-        params["b_id"] = run.run_id
+    async def end_runs(
+        self,
+        ends: Sequence[tuple[TaskRun, TaskStatus, str]],
+        changes: Sequence[tuple[int, TaskStatus, str]] = (),
+        *,
+        at: float,
+        by: str,
+    ) -> None:
+        """One transaction: each run's end (as finish_run) with its task's
+        status and reason, then the other tasks' ``changes``."""
+        runs = []
+        for run, _, _ in ends:
+            params = _prefixed(_finished_run_values(run))
+            params["b_id"] = run.run_id
+            runs.append(params)
+        statuses = [_status_params(run.task_id, status, reason, at, by) for run, status, reason in ends]
+        statuses.extend(
+            _status_params(task_id, status, reason, at, by) for task_id, status, reason in changes
+        )
         async with self._engine.begin() as conn:
-            if (await conn.execute(_FINISH_RUN, params)).first() is None:
-                raise NotFound(
-                    f"no run {run.run_id}", reason="RUN_NOT_FOUND", metadata={"run_id": str(run.run_id)}
-                )
-            await conn.execute(_SET_STATUS, _status_params(run.task_id, status, reason, at, by))
+            if runs:
+                await conn.execute(_FINISH_RUN_MANY, runs)
+            if statuses:
+                await conn.execute(_SET_STATUS, statuses)
+
+    async def project_overrides(self, project_id: str) -> dict[int, ContextOverride]:
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(_PROJECT_OVERRIDES, {"project_id": project_id})).all()
+        return {row.task_id: _override(row) for row in rows}
 
     async def latest_outputs(self, task_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         if not task_ids:

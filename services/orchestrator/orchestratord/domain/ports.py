@@ -451,9 +451,20 @@ class TaskStore(Protocol):
         RUNNING; the run with its id."""
         ...
 
-    async def end_run(self, run: TaskRun, status: TaskStatus, reason: str, *, at: float, by: str) -> None:
-        """In one transaction: the run's end (as finish_run) and its task's
-        status and reason."""
+    async def end_runs(
+        self,
+        ends: Sequence[tuple[TaskRun, TaskStatus, str]],
+        changes: Sequence[tuple[int, TaskStatus, str]] = (),
+        *,
+        at: float,
+        by: str,
+    ) -> None:
+        """In one transaction: each run's end (as finish_run) with its task's
+        status and reason, then the other tasks' status ``changes``."""
+        ...
+
+    async def project_overrides(self, project_id: str) -> dict[int, ContextOverride]:
+        """The context overrides of a project's tasks, by task id."""
         ...
 
     async def latest_outputs(self, task_ids: Sequence[int]) -> dict[int, tuple[str, str]]:

@@ -271,6 +271,24 @@ class JobService:
                 return
             await job.wait_for_events(seen)
 
+    async def wait_for_end(self, job_id: str) -> JobSnapshot:
+        """The job once it has ended (its end durable): from memory while it
+        is active, else from the database. For callers inside orchestratord
+        that submitted the job and only need its end (a task run)."""
+        job = self._active.get(job_id)
+        if job is not None:
+            await job.wait_closed()
+            return job.snapshot()
+        snapshot = await self._store.get_job(job_id)
+        if snapshot is None:
+            raise _job_not_found(job_id)
+        if not snapshot.state.is_terminal:
+            # Between the database and the registry (admitted just now): follow it.
+            async for _event in self.watch(job_id):
+                pass
+            return await self.get(job_id)
+        return snapshot
+
     async def recover(self) -> int:
         """Apply the restart rules: jobs left RUNNING are failed
         (ORCHESTRATOR_RESTARTED); jobs left QUEUED are queued again in

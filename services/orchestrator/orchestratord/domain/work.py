@@ -131,6 +131,22 @@ class Preview:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectView:
+    """What a project run reads once, at its start: the project (its INDEX),
+    every link by task and every context override. The run works on the
+    project as it was then (links and overrides changed during the run apply
+    to the next one), so each task's context costs one query."""
+
+    project: Project | None
+    outgoing: Mapping[int, list[Link]]
+    incoming: Mapping[int, list[Link]]
+    overrides: Mapping[int, ContextOverride]
+    #: (name, output) of the tasks whose outputs were read or produced
+    #: during the run; None for a task known to have none yet.
+    outputs: dict[int, tuple[str, str] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskUpdate:
     """A change of one task during a project run."""
 
@@ -420,7 +436,9 @@ class WorkService:
         task = await self.get_task(task.task_id)
         return task, await self._gather(task, task.context_budget, count_left_out=True)
 
-    async def _gather(self, task: Task, budget: int, *, count_left_out: bool = False) -> Preview:
+    async def _gather(
+        self, task: Task, budget: int, *, count_left_out: bool = False, view: ProjectView | None = None
+    ) -> Preview:
         """gather_context: the candidates in their tiers, allocated within the
         budget, rendered into the prompt. A preview counts every candidate
         (``count_left_out``); a run counts only what could go in."""
@@ -430,21 +448,38 @@ class WorkService:
         if facts is not None:
             # Never more context than the model can take beside its answer.
             budget = min(budget, max(1, facts.context_length - self._limits.max_tokens))
-        override = await self._store.get_override(task.task_id)
-        candidates = await self._candidates(task, override, budget)
+        if view is not None:
+            override = view.overrides.get(task.task_id)
+            project = view.project
+            links = (view.outgoing.get(task.task_id, []), view.incoming.get(task.task_id, []))
+            memory_items = await self._memory_items(task, budget)
+        else:
+            override, project, links, memory_items = await asyncio.gather(
+                self._store.get_override(task.task_id),
+                self._store.get_project(task.project_id),
+                self._store.list_links(task.task_id),
+                self._memory_items(task, budget),
+            )
+        known = view.outputs if view is not None else None
+        candidates = await self._candidates(task, override, project, links, memory_items, known)
         excludes = frozenset(override.excludes) if override else frozenset()
         bundle = allocate(candidates, budget, counter, excludes=excludes, count_left_out=count_left_out)
         prompt = render_prompt(task.input.text, bundle)
         return Preview(bundle, prompt, context_hash(bundle, prompt))
 
-    async def _candidates(self, task: Task, override: ContextOverride | None, budget: int) -> list[Candidate]:
-        """Every candidate of the task's bundle, in its tier. The reads that
-        do not depend on each other run together."""
-        project, (outgoing, incoming), memory_items = await asyncio.gather(
-            self._store.get_project(task.project_id),
-            self._store.list_links(task.task_id),
-            self._memory_items(task, budget),
-        )
+    async def _candidates(
+        self,
+        task: Task,
+        override: ContextOverride | None,
+        project: Project | None,
+        links: tuple[list[Link], list[Link]],
+        memory_items: list[ContextItem],
+        known: dict[int, tuple[str, str] | None] | None = None,
+    ) -> list[Candidate]:
+        """Every candidate of the task's bundle, in its tier. The outputs of
+        the tasks it draws on come in one query, less those ``known`` (a
+        project run's, which it extends)."""
+        outgoing, incoming = links
         required = sorted(link.to_task for link in outgoing if link.kind is LinkKind.REQUIRES)
         related = sorted(
             {link.to_task for link in outgoing if link.kind is not LinkKind.REQUIRES}
@@ -452,7 +487,15 @@ class WorkService:
         )
         pins = override.pins if override else ()
         pinned_tasks = [int(m.group(2)) for m in map(_SOURCE.fullmatch, pins) if m is not None and m.group(1)]
-        outputs = await self._store.latest_outputs(sorted({*required, *related, *pinned_tasks}))
+        wanted = sorted({*required, *related, *pinned_tasks})
+        if known is None:
+            outputs = await self._store.latest_outputs(wanted)
+        else:
+            missing = [task_id for task_id in wanted if task_id not in known]
+            if missing:
+                found = await self._store.latest_outputs(missing)
+                known.update({task_id: found.get(task_id) for task_id in missing})
+            outputs = {task_id: out for task_id in wanted if (out := known.get(task_id)) is not None}
 
         candidates: list[Candidate] = []
         if project is not None and project.index_document.strip():
@@ -563,9 +606,11 @@ class WorkService:
         if snapshot is None:
             raise FailedPrecondition(f"run {run_id} has no stored context", reason="NO_SNAPSHOT")
         task = await self.get_task(previous.task_id)
-        return await self._run_job(
-            task, snapshot, dict(previous.sampling), previous.model, agent, mark_task=False, rerun_of=run_id
+        run = await self._run_job(
+            task, snapshot, dict(previous.sampling), previous.model, agent, rerun_of=run_id
         )
+        await self._store.finish_run(run)
+        return run
 
     async def get_run(self, run_id: int) -> TaskRun:
         if run_id <= 0:
@@ -635,9 +680,12 @@ class WorkService:
             # updates it in memory and writes only what changed, so a run
             # of n tasks costs O(n) reads, not O(n^2).
             tasks = {t.task_id: t for t in await self.refresh(project_id, by=agent)}
+            view = await self._project_view(project_id)
             requires = [
                 (link.from_task, link.to_task)
-                for link in await self._store.project_links(project_id, LinkKind.REQUIRES)
+                for links in view.outgoing.values()
+                for link in links
+                if link.kind is LinkKind.REQUIRES
             ]
             depth = _depths(list(tasks), requires)
 
@@ -658,8 +706,10 @@ class WorkService:
                         queued.add(task.task_id)
                         heapq.heappush(ready, (order(task), task.task_id))
 
-            enqueue_ready()
-            while True:
+            def start_ready() -> list[Task]:
+                """Start ready tasks while slots are free; the tasks started."""
+                enqueue_ready()
+                started = []
                 while not stopped and ready and len(running) < slots:
                     _, task_id = heapq.heappop(ready)
                     task = tasks[task_id]
@@ -667,31 +717,48 @@ class WorkService:
                         continue
                     self._running.add(task_id)
                     work = asyncio.create_task(
-                        self._execute(task, agent, claimed=True), name=f"task-{task_id}"
+                        self._execute(task, agent, claimed=True, view=view), name=f"task-{task_id}"
                     )
                     running[work] = task
                     tasks[task_id] = replace(task, status=TaskStatus.RUNNING)
-                    yield TaskUpdate(tasks[task_id])
+                    started.append(tasks[task_id])
+                return started
+
+            for task in start_ready():
+                yield TaskUpdate(task)
+            while True:
                 if not running:
                     break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 ended = []
+                ends = []
                 for work in done:
                     task = running.pop(work)
                     run = work.result()
                     status, reason = _task_outcome(run)
                     tasks[task.task_id] = replace(task, status=status, status_reason=reason)
                     ended.append(run)
+                    ends.append((run, status, reason))
                     if status is not TaskStatus.DONE and not continue_on_failure:
                         stopped = True
                 changes = _derived_changes(list(tasks.values()), requires)
-                if changes:
-                    await self._store.set_statuses(changes, at=self._clock(), by=agent)
-                    for task_id, status, reason in changes:
-                        tasks[task_id] = replace(tasks[task_id], status=status, status_reason=reason)
-                enqueue_ready()
+                for task_id, status, reason in changes:
+                    tasks[task_id] = replace(tasks[task_id], status=status, status_reason=reason)
+                for run in ended:
+                    if run.status is RunStatus.DONE:
+                        view.outputs[run.task_id] = (tasks[run.task_id].name, run.output)
+                # Dependants start at once, on the outputs in memory; the ends
+                # and the statuses they change are written meanwhile, in one
+                # transaction (a task started now gets RUNNING from its own).
+                starting = start_ready()
+                written = [c for c in changes if tasks[c[0]].status is not TaskStatus.RUNNING]
+                await self._store.end_runs(ends, written, at=self._clock(), by=agent)
+                for run in ended:
+                    await self._note_failure(run, agent)
                 for run in ended:
                     yield TaskUpdate(tasks[run.task_id], run)
+                for task in starting:
+                    yield TaskUpdate(task)
         finally:
             for work in running:
                 work.cancel()
@@ -710,6 +777,19 @@ class WorkService:
             blocked_tasks=blocked,
         )
 
+    async def _project_view(self, project_id: str) -> ProjectView:
+        project, links, overrides = await asyncio.gather(
+            self._store.get_project(project_id),
+            self._store.project_links(project_id),
+            self._store.project_overrides(project_id),
+        )
+        outgoing: dict[int, list[Link]] = {}
+        incoming: dict[int, list[Link]] = {}
+        for link in links:
+            outgoing.setdefault(link.from_task, []).append(link)
+            incoming.setdefault(link.to_task, []).append(link)
+        return ProjectView(project, outgoing, incoming, overrides)
+
     # --- internals ---------------------------------------------------------
 
     def _check_runnable(self, task: Task) -> None:
@@ -727,10 +807,14 @@ class WorkService:
                 f"task {task.task_id} is {task.status.value}, not ready{why}", reason="TASK_NOT_READY"
             )
 
-    async def _execute(self, task: Task, agent: str, *, claimed: bool = False) -> TaskRun:
-        """Assemble, snapshot and run one task; marks it done or failed. A
-        context that cannot be assembled is a failed run too (recorded,
-        without a snapshot), never an exception."""
+    async def _execute(
+        self, task: Task, agent: str, *, claimed: bool = False, view: ProjectView | None = None
+    ) -> TaskRun:
+        """Assemble, snapshot and run one task. A context that cannot be
+        assembled is a failed run too (recorded, without a snapshot), never
+        an exception. Without a ``view`` (a single RunTask) the run's end and
+        the task's status are written here; a project run (with its view)
+        writes them itself, together with the statuses they change."""
         if not claimed:
             self._running.add(task.task_id)
         try:
@@ -740,7 +824,7 @@ class WorkService:
                 "seed": self._limits.seed,
             }
             try:
-                preview = await self._gather(task, task.context_budget)
+                preview = await self._gather(task, task.context_budget, view=view)
             except HearthError as err:
                 now = self._clock()
                 failed = TaskRun(
@@ -759,15 +843,11 @@ class WorkService:
                 )
                 run = await self._store.start_run(None, failed, by=agent)
             else:
-                run = await self._run_job(
-                    task, preview.snapshot(), sampling, task.model, agent, mark_task=True
-                )
-            status, reason = _task_outcome(run)
-            if run.context_hash == "":
-                await self._store.end_run(run, status, reason, at=self._clock(), by=agent)
-            if status is TaskStatus.FAILED and run.end_message:
-                note = f"run {run.run_id} failed: {run.end_reason}: {run.end_message}"
-                await self._store.add_note(task.task_id, agent, note, self._clock())
+                run = await self._run_job(task, preview.snapshot(), sampling, task.model, agent)
+            if view is None:
+                status, reason = _task_outcome(run)
+                await self._store.end_runs([(run, status, reason)], at=self._clock(), by=agent)
+                await self._note_failure(run, agent)
             return run
         finally:
             self._running.discard(task.task_id)
@@ -780,29 +860,14 @@ class WorkService:
         model: str,
         agent: str,
         *,
-        mark_task: bool,
         rerun_of: int = 0,
     ) -> TaskRun:
-        """Record the run (with its snapshot, in one transaction), submit its
-        job, wait for the end and record it. With ``mark_task`` the task is
-        RUNNING meanwhile and done or failed after (a rerun leaves it be)."""
-        run = await self._store.start_run(
-            snapshot,
-            TaskRun(
-                run_id=0,
-                task_id=task.task_id,
-                project_id=task.project_id,
-                status=RunStatus.RUNNING,
-                context_hash=snapshot.context_hash,
-                rerun_of=rerun_of,
-                model=model,
-                sampling=dict(sampling),
-                started_at=self._clock(),
-                started_by=agent,
-            ),
-            by=agent,
-            mark_running=mark_task,
-        )
+        """Submit the run's job, record the run (with its snapshot, in one
+        transaction) while the job starts, and wait for the end; the ended run
+        is returned, not written. A first run marks its task RUNNING; a rerun
+        leaves the task be. The job is submitted first so that recording the
+        run is not on the way to the job's start; a job whose run cannot be
+        recorded is cancelled."""
         prompt, messages = snapshot.prompt, tuple[ChatMessage, ...]()
         if task.input.messages:
             prompt, messages = "", _with_last_user(task.input.messages, snapshot.prompt)
@@ -818,30 +883,54 @@ class WorkService:
             project_id=task.project_id,
             task_id=str(task.task_id),
             agent=agent,
-            labels={"hearth.task_id": str(task.task_id), "hearth.run_id": str(run.run_id)},
+            labels={"hearth.task_id": str(task.task_id)},
+        )
+        run = TaskRun(
+            run_id=0,
+            task_id=task.task_id,
+            project_id=task.project_id,
+            status=RunStatus.RUNNING,
+            context_hash=snapshot.context_hash,
+            rerun_of=rerun_of,
+            model=model,
+            sampling=dict(sampling),
+            started_at=self._clock(),
+            started_by=agent,
         )
         try:
             submitted = await self._jobs.submit(draft)
-            ended = self._ended(run, await self._wait(submitted.job.job_id))
         except HearthError as err:
-            ended = replace(
+            refused = replace(
                 run,
                 status=RunStatus.FAILED,
                 end_reason=err.reason,
                 end_message=err.message,
                 ended_at=self._clock(),
             )
-        if mark_task:
-            status, reason = _task_outcome(ended)
-            await self._store.end_run(ended, status, reason, at=self._clock(), by=agent)
-        else:
-            await self._store.finish_run(ended)
-        return ended
+            return await self._store.start_run(snapshot, refused, by=agent, mark_running=not rerun_of)
+        job_id = submitted.job.job_id
+        try:
+            run = await self._store.start_run(
+                snapshot, replace(run, job_id=job_id), by=agent, mark_running=not rerun_of
+            )
+        except BaseException:
+            await self._jobs.cancel(job_id, "the task run could not be recorded")
+            raise
+        try:
+            return self._ended(run, await self._jobs.wait_for_end(job_id))
+        except HearthError as err:
+            return replace(
+                run,
+                status=RunStatus.FAILED,
+                end_reason=err.reason,
+                end_message=err.message,
+                ended_at=self._clock(),
+            )
 
-    async def _wait(self, job_id: str) -> JobSnapshot:
-        async for _event in self._jobs.watch(job_id):
-            pass
-        return await self._jobs.get(job_id)
+    async def _note_failure(self, run: TaskRun, agent: str) -> None:
+        if run.status is RunStatus.FAILED and run.end_message:
+            note = f"run {run.run_id} failed: {run.end_reason}: {run.end_message}"
+            await self._store.add_note(run.task_id, agent, note, self._clock())
 
     def _ended(self, run: TaskRun, job: JobSnapshot) -> TaskRun:
         record = job.run
