@@ -5,8 +5,13 @@ start.
 configured, builds a tiny random model when no model is configured, writes one
 effective config file that every service reads, and runs the five services as
 separate processes, as in production. Their log lines are relayed with the
-service's name as a prefix. ``stop()`` stops them in the reverse order of
-start (orchestratord first, so no new work arrives), then the infrastructure.
+service's name as a prefix. Each service serves Prometheus /metrics on a port
+of its own (:attr:`Stack.metrics_addresses`); with ``StackOptions.prometheus``
+a local Prometheus scrapes them with the scrape config and alert rules that
+docker compose uses (deploy/observability, rendered by
+:func:`render_scrape_config`). ``stop()`` stops everything in the reverse order
+of start (Prometheus, then orchestratord first, so no new work arrives), then
+the infrastructure.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +41,11 @@ log = logging.getLogger(__name__)
 #: Name of the file, in the data dir, that tells clients where the stack is.
 STACK_FILE = "stack.json"
 TINY_MODEL_NAME = "tiny-llama"
+#: The Prometheus scrape config, alert rules and Grafana dashboards of the
+#: repository, shared by docker compose, k8s and ``hearth up --metrics``.
+OBSERVABILITY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "observability"
+#: The label every Hearth scrape target carries: the service it is.
+SERVICE_LABEL = "hearth_service"
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,9 @@ class StackOptions:
         extra_workers: more workerd processes, each a mapping of worker
             settings (engine, model, max_concurrency, sim_*...) that override
             the `worker:` section for that process.
+        prometheus: once the services are healthy, start a local Prometheus
+            (the ``prometheus`` binary, when installed) that scrapes them with
+            the shipped scrape config and alert rules.
     """
 
     data_dir: Path
@@ -77,6 +91,7 @@ class StackOptions:
     pretty_logs: bool = True
     health_timeout: float = 180.0
     extra_workers: list[dict[str, Any]] = field(default_factory=list)
+    prometheus: bool = False
 
 
 class Stack:
@@ -88,6 +103,10 @@ class Stack:
         self.data_dir = options.data_dir.resolve()
         self.config_path = self.data_dir / "hearth.effective.yaml"
         self.addresses: dict[str, str] = {}
+        #: host:port of each service process's Prometheus /metrics. Set by prepare().
+        self.metrics_addresses: dict[str, str] = {}
+        #: The local Prometheus (StackOptions.prometheus), once started.
+        self.prometheus: LocalPrometheus | None = None
         #: host:port of orchestratord's OpenAI-compatible HTTP API (base URL
         #: http://<http_address>/v1); empty when it is disabled. Set by prepare().
         self.http_address = ""
@@ -115,6 +134,10 @@ class Stack:
             cfg[spec.section] = section
             section.setdefault("listen", f"127.0.0.1:{free_port()}")
             self.addresses[spec.name] = section["listen"]
+            # One port per process: a shared top-level metrics_listen cannot serve five of them.
+            if not section.get("metrics_listen"):
+                section["metrics_listen"] = f"127.0.0.1:{free_port()}"
+            self.metrics_addresses[spec.name] = _client_address(section["metrics_listen"])
 
         if not cfg.get("nats_url"):
             self._nats = EmbeddedNats(self.data_dir / "nats")
@@ -154,9 +177,15 @@ class Stack:
             worker["model"] = cfg["models"][0]["name"]
         for index, overrides in enumerate(self.options.extra_workers, start=2):
             name = f"workerd-{index}"
-            values = {"listen": f"127.0.0.1:{free_port()}", "worker_id": name, **overrides}
+            values = {
+                "listen": f"127.0.0.1:{free_port()}",
+                "metrics_listen": f"127.0.0.1:{free_port()}",
+                "worker_id": name,
+                **overrides,
+            }
             self._worker_env[name] = {f"HEARTH_WORKER_{k.upper()}": _env_value(v) for k, v in values.items()}
             self.addresses[name] = values["listen"]
+            self.metrics_addresses[name] = _client_address(values["metrics_listen"])
         self.config = cfg
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return cfg
@@ -182,10 +211,49 @@ class Stack:
             for name in self.service_names():
                 self.start_service(name)
             self.wait_ready(self.options.health_timeout)
+            if self.options.prometheus:
+                self.start_prometheus()
             self.write_stack_file()
         except BaseException:
             self.stop()
             raise
+
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """The /metrics address of every service process, by service (extra workers under workerd)."""
+        targets: dict[str, list[str]] = {}
+        for name, address in self.metrics_addresses.items():
+            service = "workerd" if name in self._worker_env else name
+            targets.setdefault(service, []).append(address)
+        return targets
+
+    def start_prometheus(self, *, scrape_interval: str | None = None) -> LocalPrometheus | None:
+        """Start a Prometheus in <data_dir>/prometheus that scrapes this stack with the shipped
+        scrape config and alert rules. None, with a note, where the prometheus binary or the
+        shipped config is missing."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            self.notes.append(
+                "prometheus is not installed, so no local Prometheus runs (Debian/Ubuntu: "
+                "`apt-get install prometheus`); each service's /metrics is listed above."
+            )
+            return None
+        if not (OBSERVABILITY_DIR / "prometheus" / "prometheus.yml").is_file():
+            self.notes.append(
+                f"no Prometheus config at {OBSERVABILITY_DIR}/prometheus (it ships in the repository's "
+                "deploy/ folder): no local Prometheus runs."
+            )
+            return None
+        prometheus = LocalPrometheus(self.data_dir / "prometheus", binary=binary)
+        config = render_scrape_config(
+            load_scrape_config(),
+            self.scrape_targets(),
+            prometheus_address=prometheus.address,
+            rule_files=[str(OBSERVABILITY_DIR / "prometheus" / "rules" / "*.yml")],
+            scrape_interval=scrape_interval,
+        )
+        prometheus.start(config)
+        self.prometheus = prometheus
+        return prometheus
 
     def service_names(self) -> list[str]:
         """Every service process in start order (extra workers after workerd)."""
@@ -276,6 +344,8 @@ class Stack:
             "pool_manager": self.addresses["pool-managerd"],
             "memory": self.addresses["memoryd"],
             "http_address": self.http_address,
+            "metrics": dict(self.metrics_addresses),
+            "prometheus": self.prometheus.url if self.prometheus is not None else "",
             "workers": [a for a in self.addresses.get("workers", "").split(",") if a],
             "nats_url": self.config.get("nats_url", ""),
             "data_dir": str(self.data_dir),
@@ -320,6 +390,8 @@ class Stack:
         if self._stopped:
             return
         self._stopped = True
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for name in reversed(self.service_names()):
             self.stop_service(name)
         for relay in self._relays:
@@ -330,6 +402,133 @@ class Stack:
             self._postgres.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STACK_FILE).unlink()
+
+
+class LocalPrometheus:
+    """A prometheus child process: config, rules and TSDB under ``folder``, on
+    a free loopback port. start()/stop(); stop() is safe twice and before
+    start()."""
+
+    def __init__(self, folder: Path, *, binary: str = "prometheus", port: int = 0) -> None:
+        self.folder = Path(folder)
+        self.binary = binary
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        self.config_path = self.folder / "prometheus.yml"
+        self.log_path = self.folder / "prometheus.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, config: Mapping[str, Any], timeout: float = 30.0) -> None:
+        """Write ``config`` and start Prometheus; returns once it answers /-/ready.
+
+        Raises:
+            RuntimeError: it exited, or was not ready within ``timeout`` (its log's end is in the message).
+        """
+        import httpx
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        with self.log_path.open("ab") as log_file:
+            self._proc = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.folder / 'data'}",
+                    f"--web.listen-address={self.address}",
+                    "--web.enable-lifecycle",
+                    "--storage.tsdb.retention.time=7d",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with code {self._proc.returncode}: {self._log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"prometheus not ready after {timeout:.0f}s: {self._log_tail()}")
+            time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-2000:]
+        return ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def load_scrape_config(path: Path | None = None) -> dict[str, Any]:
+    """The shipped Prometheus config (deploy/observability/prometheus/prometheus.yml)."""
+    path = path or OBSERVABILITY_DIR / "prometheus" / "prometheus.yml"
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a YAML mapping")
+    return data
+
+
+def render_scrape_config(
+    shipped: Mapping[str, Any],
+    targets: Mapping[str, Sequence[str]],
+    *,
+    prometheus_address: str,
+    rule_files: Sequence[str],
+    scrape_interval: str | None = None,
+) -> dict[str, Any]:
+    """The shipped scrape config for a stack whose services are not at their compose addresses.
+
+    Each job whose static targets carry the ``hearth_service`` label scrapes ``targets`` of
+    that service instead (labels kept; a service with no targets drops its job); the job
+    named ``prometheus`` scrapes ``prometheus_address``; jobs of other parts of the compose
+    stack (the OpenTelemetry collector) are dropped, as they do not run here. ``rule_files``
+    replaces the rule file paths; ``scrape_interval`` (e.g. "1s") the global scrape and
+    evaluation intervals. Everything else is as shipped.
+    """
+    config: dict[str, Any] = json.loads(json.dumps(dict(shipped)))  # deep copy
+    jobs = []
+    for job in config.get("scrape_configs") or []:
+        statics = job.get("static_configs") or []
+        labelled = [g for g in statics if SERVICE_LABEL in (g.get("labels") or {})]
+        if labelled:
+            groups = []
+            for group in labelled:
+                service = group["labels"][SERVICE_LABEL]
+                if targets.get(service):
+                    groups.append({**group, "targets": list(targets[service])})
+            if groups:
+                jobs.append({**job, "static_configs": groups})
+        elif job.get("job_name") == "prometheus":
+            jobs.append({**job, "static_configs": [{"targets": [prometheus_address]}]})
+    config["scrape_configs"] = jobs
+    config["rule_files"] = list(rule_files)
+    if scrape_interval:
+        config.setdefault("global", {})
+        config["global"]["scrape_interval"] = scrape_interval
+        config["global"]["evaluation_interval"] = scrape_interval
+        for job in jobs:
+            job.pop("scrape_interval", None)
+    return config
+
+
+def _client_address(listen: str) -> str:
+    """The address a client on this machine uses for a listen address (0.0.0.0 -> 127.0.0.1)."""
+    host, _, port = str(listen).rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def _env_value(value: Any) -> str:

@@ -83,7 +83,7 @@ for _module in (
     _module.register(app)
 
 # `hearth up` and `hearth bench` live in their own modules, which may be absent.
-for _name in ("hearth.cli.up", "hearth.cli.bench"):
+for _name in ("hearth.cli.up", "hearth.cli.bench", "hearth.cli.doctor"):
     try:
         _optional = importlib.import_module(_name)
     except ImportError as _err:

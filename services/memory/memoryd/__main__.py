@@ -20,6 +20,7 @@ from memoryd.adapters.embedders import (
     resolve_local_model,
 )
 from memoryd.adapters.local_rerank import CrossEncoderReranker
+from memoryd.adapters.metrics import CollectionSizeGauge
 from memoryd.adapters.orchestrator_jobs import OrchestratorSummaryJobs
 from memoryd.adapters.qdrant_store import QdrantMemoryStore, StoreStartError
 from memoryd.adapters.tei_rerank import TeiReranker
@@ -167,7 +168,9 @@ async def run(settings: Settings) -> None:
     host.add_service(
         memory_pb2_grpc.add_MemoryServiceServicer_to_server, servicer, "hearth.api.memory.v1.MemoryService"
     )
-    await serve(host)
+    collection_size = CollectionSizeGauge(host.metrics, store.points)
+    host.on_cleanup(collection_size.stop)  # before the store closes (cleanup runs newest first)
+    await serve(host, started=collection_size.start)
 
 
 def main() -> None:

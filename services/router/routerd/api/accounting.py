@@ -153,7 +153,9 @@ class Accounting:
         live: the per-target load from heartbeats. Accounting starts and stops it.
         metrics: registers hearth_router_budget_spent{scope_kind,period},
             hearth_router_reservations_total{result}, hearth_router_settlements_total{result},
-            hearth_router_breaker_transitions_total{to} and hearth_router_rate_limited_total{limit}.
+            hearth_router_breaker_transitions_total{to}, hearth_router_rate_limited_total{limit},
+            hearth_router_attempts_total{result,position}, hearth_router_breakers{state} and
+            hearth_router_budget_usage_ratio{scope_kind,period}.
         reservation_ttl_seconds: open reservations older than this are released at start and
             by a sweep every min(ttl / 4, 5 min) (an orchestrator that crashed must not hold
             budget forever).
@@ -216,6 +218,31 @@ class Accounting:
         self._transitions = {b: transitions.labels(b.value) for b in Breaker}
         limited = metrics.counter("rate_limited_total", "Route calls refused by a rate limit.", ["limit"])
         self._rate_limited = {name: limited.labels(name) for name in _RATE_LIMITS}
+        attempts = metrics.counter(
+            "attempts_total",
+            "Attempts reported by ReportOutcome, by result (success, failure) and position in the "
+            "job's chain (first: the chosen target; fallback: a later one, after a failure).",
+            ["result", "position"],
+        )
+        self._attempts = {
+            (result, position): attempts.labels(result, position)
+            for result in ("success", "failure")
+            for position in ("first", "fallback")
+        }
+        self._breakers_gauge = Gauge(
+            f"hearth_{service}_breakers",
+            "Targets of the registry by circuit-breaker state, as of the last transition.",
+            ["state"],
+            registry=metrics.registry,
+        )
+        self._breaker_states: dict[str, Breaker] = {}
+        self._usage_gauge = Gauge(
+            f"hearth_{service}_budget_usage_ratio",
+            "The largest share of its limit (the hard limit, else the soft one) that any budget of a "
+            "scope kind has spent in the current period; 0 when none of them has a limit.",
+            ["scope_kind", "period"],
+            registry=metrics.registry,
+        )
 
         self._policy = policy
         self._registry = registry
@@ -224,6 +251,7 @@ class Accounting:
         self._breakers = BreakerBoard(
             breaker_config(policy, probe_timeout_seconds), monotonic, self._on_transition
         )
+        self._update_breaker_gauge()
         self._warn_if_unledgered()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -242,6 +270,8 @@ class Accounting:
             self._apply(await self._ledger.balances((keys.day, keys.month)))
             interval = min(self._reservation_ttl / 4, 300.0)
             self._sweep = asyncio.create_task(self._sweep_forever(interval), name="router-budget-sweep")
+        # The gauges from the start, also for a ledger with no balances yet.
+        self._update_gauges()
         await self._live.start()
         self._ready.set()
 
@@ -265,6 +295,8 @@ class Accounting:
         self._standings_by_job.clear()
         self._limiter.reconfigure(rate_limits(policy), self._monotonic())
         self._breakers.reconfigure(breaker_config(policy, self._probe_timeout))
+        self._update_breaker_gauge()
+        self._update_gauges()
         self._warn_if_unledgered()
 
     # -- the routing path ----------------------------------------------------------------
@@ -461,6 +493,8 @@ class Accounting:
         else:
             self._settlements["unreserved"].inc()
         state = self._breakers.record(request.target, request.success, holder)
+        position = "first" if request.attempt <= 1 else "fallback"
+        self._attempts[("success" if request.success else "failure", position)].inc()
         if not request.success:
             log.info(
                 "target %s failed an attempt (%s): breaker %s",
@@ -572,12 +606,36 @@ class Accounting:
         keys = self._period_keys()
         for kind in ("project", "agent"):
             for period in Period:
-                self._spent_gauge.labels(kind, period.value).set(
-                    float(self._standings.total(kind, keys.key(period)))
-                )
+                key = keys.key(period)
+                self._spent_gauge.labels(kind, period.value).set(float(self._standings.total(kind, key)))
+                self._usage_gauge.labels(kind, period.value).set(self._largest_usage(kind, period, key))
+
+    def _largest_usage(self, kind: str, period: Period, period_key: str) -> float:
+        """The largest spent / limit of the budgets of ``kind`` in one period (0: none limited)."""
+        largest = 0.0
+        for scope, spent in self._standings.scopes(kind, period_key):
+            limit = self._rules.limit(scope, period)
+            bound = limit.hard if limit.hard > 0 else limit.soft
+            if bound > 0:
+                largest = max(largest, float(spent / bound))
+        return largest
+
+    def _update_breaker_gauge(self) -> None:
+        known = {target.name for target in self._registry.targets}
+        states = {t: s for t, s in self._breaker_states.items() if t in known}
+        for state in Breaker:
+            count = sum(1 for s in states.values() if s is state)
+            if state is Breaker.CLOSED:
+                count += len(known) - len(states)
+            self._breakers_gauge.labels(state.value).set(count)
 
     def _on_transition(self, target: str, state: Breaker) -> None:
         self._transitions[state].inc()
+        if state is Breaker.CLOSED:
+            self._breaker_states.pop(target, None)
+        else:
+            self._breaker_states[target] = state
+        self._update_breaker_gauge()
         log.warning("circuit breaker of %s is now %s", target, state.value, extra={"target": target})
 
     def _warn_if_unledgered(self) -> None:

@@ -330,6 +330,15 @@ class StandingsCache:
         cached = self._spent.get(key)
         return ZERO if cached is None else cached[0]
 
+    def scopes(self, scope_kind: str, period_key: str) -> list[tuple[str, Decimal]]:
+        """(scope, spent) of every scope of a kind ("project", "agent") with a balance in one period."""
+        prefix = f"{scope_kind}:"
+        return [
+            (scope, s)
+            for (scope, key), (s, _v) in self._spent.items()
+            if key == period_key and scope.startswith(prefix)
+        ]
+
     def total(self, scope_kind: str, period_key: str) -> Decimal:
         """The spend of every scope of a kind ("project", "agent") in one period."""
         prefix = f"{scope_kind}:"
