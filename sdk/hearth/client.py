@@ -532,20 +532,22 @@ class AsyncClient:
         last_sequence = after_sequence
         failures = 0
         while True:
+            # batch: every waiting event in one message, so a watcher that
+            # falls behind under load catches up in few messages.
             call = stub.WatchJob(
-                orchestrator_pb2.WatchJobRequest(job_id=job_id, after_sequence=last_sequence)
+                orchestrator_pb2.WatchJobRequest(job_id=job_id, after_sequence=last_sequence, batch=True)
             )
             dropped: HearthError
             try:
                 async for response in call:
-                    event = response.event
-                    if event.sequence <= last_sequence:
-                        continue  # a resumed stream may repeat what we already have
-                    last_sequence = event.sequence
-                    failures = 0
-                    yield event
-                    if is_terminal(event):
-                        return
+                    for event in response.events or (response.event,):
+                        if event.sequence <= last_sequence:
+                            continue  # a resumed stream may repeat what we already have
+                        last_sequence = event.sequence
+                        failures = 0
+                        yield event
+                        if is_terminal(event):
+                            return
                 dropped = Unavailable(
                     "the job stream ended before the job did",
                     reason="STREAM_ENDED",

@@ -155,22 +155,35 @@ def from_rpc_error(error: grpc.RpcError) -> HearthError:
     reason, metadata and retry delay from its rich status when there is one."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     message = error.details() if callable(getattr(error, "details", None)) else str(error)
+    for key, value in _trailers(error):
+        if key == _STATUS_DETAILS_KEY:
+            return _from_parts(code, message, status_pb2.Status.FromString(value))
+    return _from_parts(code, message, None)
+
+
+def from_status(status: status_pb2.Status) -> HearthError:
+    """The HearthError a google.rpc.Status stands for (the inverse of
+    :meth:`HearthError.to_status`), for errors that travel inside messages."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _from_parts(code, status.message, status)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _from_parts(code: grpc.StatusCode, message: str | None, status: status_pb2.Status | None) -> HearthError:
     reason: str | None = None
     metadata: dict[str, str] = {}
     retry_after: float | None = None
-    for key, value in _trailers(error):
-        if key != _STATUS_DETAILS_KEY:
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, HearthError)
     reason = reason or (code.name if code else "UNKNOWN")
     err: HearthError
@@ -212,4 +225,5 @@ __all__ = [
     "ResourceExhausted",
     "Unavailable",
     "from_rpc_error",
+    "from_status",
 ]

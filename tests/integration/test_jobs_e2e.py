@@ -250,7 +250,8 @@ async def test_memory_context_is_used_and_the_interaction_stored(client: AsyncCl
     for service, method in [
         ("routerd", "Route"),
         ("pool-managerd", "Place"),
-        ("workerd", "Generate"),
+        # The worker's side of the generation (its Session stream has no span).
+        ("workerd", "workerd.generate"),
         ("memoryd", "GetContext"),
     ]:
         server = [s for s in spans if s.service == service and s.kind == "SERVER" and s.name.endswith(method)]

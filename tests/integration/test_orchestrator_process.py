@@ -33,6 +33,17 @@ from hearth.runtime.interceptors import ErrorInterceptor
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(90)]
 
 
+class _WorkerDown(Exception):
+    """The stub worker's generation asked to take the worker down."""
+
+
+class _DyingContext:
+    """What Generate's "die" calls abort on inside a Session."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _WorkerDown(details)
+
+
 class StubStack(
     router_pb2_grpc.RouterServiceServicer,
     pool_pb2_grpc.PoolServiceServicer,
@@ -106,6 +117,44 @@ class StubStack(
             # GeneratorExit when it was parked at a yield.
             if not finished and "die" not in request.prompt:
                 self.cancelled.append(request.job_id)
+
+    async def Session(
+        self, requests: AsyncIterator[worker_pb2.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.SessionResponse]:
+        """Generate's streams, one frame per message; a generation that
+        "dies" takes the whole session down (UNAVAILABLE), as a worker
+        process that dies would; an abort cancels that generation."""
+        frames: asyncio.Queue[worker_pb2.GenerationUpdate | None] = asyncio.Queue()
+        running: dict[str, asyncio.Task[None]] = {}
+
+        async def generate(start: worker_pb2.GenerateRequest) -> None:
+            try:
+                async for message in self.Generate(start, _DyingContext()):  # type: ignore[arg-type]
+                    frames.put_nowait(worker_pb2.GenerationUpdate(job_id=start.job_id, event=message))
+            except _WorkerDown:
+                frames.put_nowait(None)
+
+        async def read() -> None:
+            async for request in requests:
+                if request.HasField("start"):
+                    running[request.start.job_id] = asyncio.create_task(generate(request.start))
+                elif request.HasField("abort"):
+                    self.aborted.append(request.abort.job_id)
+                    if request.abort.job_id in running:
+                        running[request.abort.job_id].cancel()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                update = await frames.get()
+                if update is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "worker going down")
+                yield worker_pb2.SessionResponse(updates=[update])
+        finally:
+            reader.cancel()
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(reader, *running.values(), return_exceptions=True)
 
     async def Abort(self, request: worker_pb2.AbortRequest, context: object) -> worker_pb2.AbortResponse:
         self.aborted.append(request.job_id)

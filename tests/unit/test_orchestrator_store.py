@@ -59,7 +59,7 @@ async def insert(store: PostgresJobStore, job: ActiveJob) -> bool:
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert await upgrade_database(engine) == head_revision() == "0003"
+    assert await upgrade_database(engine) == head_revision() == "0004"
     async with engine.connect() as conn:
         tables = set(
             (
@@ -78,6 +78,9 @@ async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngi
         "context_overrides",
         "context_snapshots",
         "task_runs",
+        "plans",
+        "plan_attempts",
+        "work_events",
     } <= tables
     assert {"jobs_request_id_key", "jobs_state_created_at_idx", "jobs_created_at_idx"} <= indexes
 
@@ -140,6 +143,14 @@ async def test_batched_events_and_the_end_round_trip_in_order(engine: AsyncEngin
     assert "".join(e.body.text for e in events if isinstance(e.body, Tokens)) == job.output
     assert events[-1].body == Completed("LENGTH", 600)
     assert [e.sequence for e in await store.read_events(job.job_id, 600)] == [601, 602, 603]
+    # A resume from inside a stored run of tokens starts right after it.
+    assert [e.sequence for e in await store.read_events(job.job_id, 450)] == list(range(451, 604))
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(text("select count(*) from job_events where job_id = :id"), {"id": job.job_id})
+        ).scalar()
+    # Queued, started, two runs of 300 tokens (one row each), completed.
+    assert rows == 5
     # Read back from the database, an event is on the wire exactly as it was live.
     live = [*job.events, job.end_record().event]
     assert [event_to_proto(e).SerializeToString() for e in events] == [

@@ -2,21 +2,29 @@
 
 Core (not ORM objects) throughout: the journal writes a batch of events as
 one executemany, and a submit is two statements in one transaction.
+
+Token events are by far the most frequent, so the token events of one job
+that arrive in one journal flush with consecutive sequence numbers are one
+row: ``sequence`` is the first one's, the payload holds each event's text,
+count, tool-call pieces and time (as microseconds after the row's
+``created_at``). A row of a single event keeps the plain event payload.
+Readers expand rows back into events, identical to the live ones.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Select, Text, bindparam, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID, aggregate_order_by
+from sqlalchemy import Row, Select, Text, bindparam, func, select, tuple_, union_all, update
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from hearth.chat import ToolCall
+from hearth.chat import ToolCall, ToolCallDelta
 from orchestratord.adapters.schema import job_events, jobs, runs
 from orchestratord.adapters.storable import dumps_storable
 from orchestratord.domain.jobs import (
@@ -29,6 +37,7 @@ from orchestratord.domain.jobs import (
     RouteDecision,
     RunRecord,
     Started,
+    Tokens,
 )
 from orchestratord.domain.ports import JobPage, RecoveredJob, Recovery
 
@@ -144,8 +153,83 @@ def _event_row(event: JobEvent) -> dict[str, Any]:
     }
 
 
-def _event(row: Row[Any]) -> JobEvent:
-    return JobEvent.from_payload(row.job_id, row.sequence, row.created_at.timestamp(), row.kind, row.payload)
+def _micros_of(epoch: float) -> int:
+    """Epoch microseconds as datetime.fromtimestamp rounds them (so a token
+    row's offsets give back exactly the times a single row would hold)."""
+    fraction, whole = math.modf(epoch)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
+
+
+def _event_rows(events: Sequence[JobEvent]) -> list[dict[str, Any]]:
+    """The rows for a batch: each run of consecutive token events of one job
+    in one row, every other event in its own."""
+    rows: list[dict[str, Any]] = []
+    run: list[JobEvent] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            rows.append(_event_row(run[0]))
+        elif run:
+            first = _micros_of(run[0].time)
+            payload: dict[str, Any] = {
+                "texts": [e.body.text for e in run],  # type: ignore[union-attr]
+                "token_counts": [e.body.token_count for e in run],  # type: ignore[union-attr]
+                "offsets_us": [_micros_of(e.time) - first for e in run],
+            }
+            if any(e.body.tool_calls for e in run):  # type: ignore[union-attr]
+                payload["tool_calls"] = [e.body.payload().get("tool_calls", []) for e in run]
+            rows.append(
+                {
+                    "job_id": run[0].job_id,
+                    "sequence": run[0].sequence,
+                    "kind": Tokens.kind,
+                    "payload": payload,
+                    "created_at": _ts(run[0].time),
+                }
+            )
+        run.clear()
+
+    for event in sorted(events, key=_by_job_and_sequence):
+        body = event.body
+        if type(body) is Tokens:
+            if run and (run[-1].job_id != event.job_id or run[-1].sequence + 1 != event.sequence):
+                close_run()
+            run.append(event)
+            continue
+        close_run()
+        rows.append(_event_row(event))
+    close_run()
+    return rows
+
+
+def _by_job_and_sequence(event: JobEvent) -> tuple[str, int]:
+    return (event.job_id, event.sequence)
+
+
+def _events(row: Row[Any]) -> list[JobEvent]:
+    """The events a row holds (one, or a run of token events)."""
+    payload = row.payload
+    if row.kind != Tokens.kind or "texts" not in payload:
+        return [
+            JobEvent.from_payload(row.job_id, row.sequence, row.created_at.timestamp(), row.kind, payload)
+        ]
+    base = row.created_at
+    pieces = payload.get("tool_calls")
+    events = []
+    for index, (text, count, offset) in enumerate(
+        zip(payload["texts"], payload["token_counts"], payload["offsets_us"], strict=True)
+    ):
+        calls = tuple(ToolCallDelta(**d) for d in pieces[index]) if pieces else ()
+        time = (base + offset * _MICROSECOND).timestamp()
+        events.append(JobEvent(row.job_id, row.sequence + index, time, Tokens(text, count, calls)))
+    return events
+
+
+def _last_sequence(row: Row[Any]) -> int:
+    payload = row.payload
+    if row.kind == Tokens.kind and "texts" in payload:
+        return int(row.sequence) + len(payload["texts"]) - 1
+    return int(row.sequence)
 
 
 def _run_row(job_id: str, run: RunRecord) -> dict[str, Any]:
@@ -204,10 +288,16 @@ _INSERT_JOB = (
 )
 _GET_JOB = _select_jobs().where(jobs.c.id == bindparam("job_id"))
 _FIND_BY_REQUEST_ID = _select_jobs().where(jobs.c.request_id == bindparam("request_id"))
-_READ_EVENTS = (
+#: The rows after ``after``, and the one before it (a token row may hold
+#: events on both sides of ``after``).
+_READ_EVENTS = union_all(
+    select(job_events).where(
+        job_events.c.job_id == bindparam("job_id"), job_events.c.sequence > bindparam("after")
+    ),
     select(job_events)
-    .where(job_events.c.job_id == bindparam("job_id"), job_events.c.sequence > bindparam("after"))
-    .order_by(job_events.c.sequence)
+    .where(job_events.c.job_id == bindparam("job_id"), job_events.c.sequence <= bindparam("after"))
+    .order_by(job_events.c.sequence.desc())
+    .limit(1),
 )
 _INSERT_EVENTS = pg_insert(job_events).on_conflict_do_nothing(index_elements=["job_id", "sequence"])
 _INSERT_RUNS = pg_insert(runs).on_conflict_do_nothing(index_elements=["job_id"])
@@ -303,10 +393,11 @@ class PostgresJobStore:
     async def read_events(self, job_id: str, after_sequence: int) -> list[JobEvent]:
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(_READ_EVENTS, {"job_id": job_id, "after": after_sequence})).all()
-        return [_event(row) for row in rows]
+        events = [event for row in sorted(rows, key=lambda r: r.sequence) for event in _events(row)]
+        return [event for event in events if event.sequence > after_sequence]
 
     async def write_batch(self, events: Sequence[JobEvent], ends: Sequence[JobEnd]) -> None:
-        rows = [_event_row(event) for event in events]
+        rows = _event_rows(events)
         rows.extend(_event_row(end.event) for end in ends)
         ending = {end.event.job_id for end in ends}
         # A job that starts and ends in the same batch needs only the end's update.
@@ -360,20 +451,16 @@ class PostgresJobStore:
             failed: list[JobEvent] = []
             if running:
                 logs = await conn.execute(
-                    select(
-                        job_events.c.job_id,
-                        func.max(job_events.c.sequence).label("last"),
-                        func.string_agg(
-                            job_events.c.payload["text"].astext,
-                            aggregate_order_by(bindparam("empty", ""), job_events.c.sequence),
-                        )
-                        .filter(job_events.c.kind == "tokens")
-                        .label("output"),
-                    )
+                    select(job_events)
                     .where(job_events.c.job_id.in_(running))
-                    .group_by(job_events.c.job_id)
+                    .order_by(job_events.c.job_id, job_events.c.sequence)
                 )
-                by_job = {row.job_id: (row.last or 0, row.output or "") for row in logs}
+                by_job: dict[str, tuple[int, str]] = {}
+                for row in logs:
+                    last, output = by_job.get(row.job_id, (0, ""))
+                    if row.kind == Tokens.kind:
+                        output += "".join(e.body.text for e in _events(row))  # type: ignore[union-attr]
+                    by_job[row.job_id] = (max(last, _last_sequence(row)), output)
                 updates = []
                 for job_id in running:
                     last, output = by_job.get(job_id, (0, ""))
@@ -417,6 +504,6 @@ class PostgresJobStore:
                     .order_by(job_events.c.job_id, job_events.c.sequence)
                 )
                 for row in event_rows:
-                    events_by_job[row.job_id].append(_event(row))
+                    events_by_job[row.job_id].extend(_events(row))
         queued = [RecoveredJob(_snapshot(row), events_by_job[row.id]) for row in queued_rows]
         return Recovery(failed, queued)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf import json_format
+from google.rpc import status_pb2
 from opentelemetry import propagate
 
 from hearth import chat
@@ -21,7 +22,7 @@ from hearth.api.memory.v1 import memory_pb2, memory_pb2_grpc
 from hearth.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from hearth.api.router.v1 import router_pb2, router_pb2_grpc
 from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
-from hearth.errors import Unavailable, from_rpc_error
+from hearth.errors import HearthError, Unavailable, from_rpc_error, from_status
 from orchestratord.adapters.storable import storable
 from orchestratord.api.convert import DATA_CLASS_PROTO
 from orchestratord.domain.context import ContextItem, ContextSection
@@ -172,14 +173,16 @@ _LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
 
 def worker_error(err: grpc.aio.AioRpcError) -> WorkerError:
     """The WorkerError (and so the job's end reason) for a failed Generate."""
-    code = err.code()
-    typed = from_rpc_error(err)
+    return _worker_error(err.code(), from_rpc_error(err), err.details() or "")
+
+
+def _worker_error(code: grpc.StatusCode, typed: HearthError, details: str) -> WorkerError:
     # A live worker's own reason first: an upstream's 5xx travels as
     # UNAVAILABLE (UPSTREAM_UNAVAILABLE) and is no lost worker.
     if typed.reason in _KEPT_REASONS:
         return WorkerError(typed.reason, typed.message)
     if code in _LOST_CODES:
-        return WorkerError("WORKER_LOST", f"lost the worker: {err.details() or code.name}")
+        return WorkerError("WORKER_LOST", f"lost the worker: {details or code.name}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return WorkerError("DEADLINE_EXCEEDED", "the job's deadline passed during generation")
     if typed.reason == "WORKER_BUSY" or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -187,14 +190,82 @@ def worker_error(err: grpc.aio.AioRpcError) -> WorkerError:
     return WorkerError("ENGINE_ERROR", typed.message or code.name)
 
 
-class GrpcWorkers:
-    """The Workers port: one cached channel per worker address.
+class _SessionLost:
+    """Queue marker: the session to the worker ended; carries the error."""
 
-    Worker channels carry no tracing interceptor: token streams are the
-    hottest path there is, and the interceptor wraps every message in two
-    more async generators. The trace context is injected into each call's
-    metadata instead, so the worker's spans still join the job's trace (as
-    children of the dispatcher's "worker.generate" span).
+    __slots__ = ("error",)
+
+    def __init__(self, error: WorkerError) -> None:
+        self.error = error
+
+
+_JobQueue = asyncio.Queue[worker_pb2.GenerationUpdate | _SessionLost]
+
+
+class _WorkerSession:
+    """One Session stream to one worker, shared by every job running there.
+
+    A reader task takes each frame and hands each update to its job's queue;
+    starts and aborts are written one at a time. When the stream ends (the
+    worker died, the connection dropped) every job on it gets WORKER_LOST,
+    and the next job opens a new session.
+    """
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+        self._call = stub.Session()
+        self._jobs: dict[str, _JobQueue] = {}
+        self._write_lock = asyncio.Lock()
+        self.closed = False
+        self._reader = asyncio.create_task(self._read(), name="worker-session")
+
+    def register(self, job_id: str) -> _JobQueue:
+        queue: _JobQueue = asyncio.Queue()
+        self._jobs[job_id] = queue
+        return queue
+
+    def unregister(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    async def send(self, request: worker_pb2.SessionRequest) -> None:
+        async with self._write_lock:
+            await self._call.write(request)
+
+    async def _read(self) -> None:
+        lost = WorkerError("WORKER_LOST", "lost the worker: its session ended")
+        read, eof, jobs = self._call.read, grpc.aio.EOF, self._jobs
+        try:
+            while True:
+                frame = await read()
+                if frame is eof:
+                    break
+                for update in frame.updates:
+                    queue = jobs.get(update.job_id)
+                    if queue is not None:
+                        queue.put_nowait(update)
+        except grpc.aio.AioRpcError as err:
+            lost = worker_error(err)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.closed = True
+            for queue in jobs.values():
+                queue.put_nowait(_SessionLost(lost))
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.wait([self._reader])
+
+
+class GrpcWorkers:
+    """The Workers port: one cached channel and one Session stream per worker.
+
+    Every generation on a worker shares its session: starts and aborts go
+    up, frames of updates of all its jobs come down, so a busy worker costs a
+    message per frame, not one per token per job. Worker channels carry no
+    tracing interceptor (this is the hottest path there is); the trace
+    context travels in each start, so the worker's spans still join the
+    job's trace (as children of the dispatcher's "worker.generate" span).
 
     Args:
         open_channel: makes a channel for an address.
@@ -204,7 +275,9 @@ class GrpcWorkers:
         self._open_channel = open_channel
         self._stubs: dict[str, worker_pb2_grpc.WorkerServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._sessions: dict[str, _WorkerSession] = {}
         self._engines: dict[str, str] = {}
+        self._aborts: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         stub = self._stubs.get(address)
@@ -214,56 +287,90 @@ class GrpcWorkers:
             stub = self._stubs[address] = worker_pb2_grpc.WorkerServiceStub(channel)
         return stub
 
+    def _session(self, address: str) -> _WorkerSession:
+        session = self._sessions.get(address)
+        if session is None or session.closed:
+            session = self._sessions[address] = _WorkerSession(self._stub(address))
+        return session
+
     async def generate(
         self, address: str, request: GenerationRequest, *, time_limit: float
     ) -> AsyncIterator[GenerationEvent]:
-        call = self._stub(address).Generate(
-            worker_pb2.GenerateRequest(
-                job_id=request.job_id,
-                model=request.model,
-                prompt=request.prompt,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed,
-                messages=[chat.message_to_proto(m) for m in request.messages],
-                tools=[chat.tool_to_proto(t) for t in request.tools],
-                tool_choice=request.tool_choice,
-            ),
-            timeout=time_limit,
-            metadata=_trace_metadata(),
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        start = worker_pb2.GenerateRequest(
+            job_id=request.job_id,
+            model=request.model,
+            prompt=request.prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            messages=[chat.message_to_proto(m) for m in request.messages],
+            tools=[chat.tool_to_proto(t) for t in request.tools],
+            tool_choice=request.tool_choice,
+            trace_context=carrier,
         )
-        eof = grpc.aio.EOF
+        session = self._session(address)
+        job_id = request.job_id
+        queue = session.register(job_id)
+        finished = False
         try:
-            while True:
-                message = await call.read()
-                if message is eof:
-                    return
-                which = message.WhichOneof("event")
-                if which == "tokens":
-                    # Model text is made storable here, where it enters, so
-                    # what watchers see live is what the journal stores.
-                    chunk = message.tokens
-                    if chunk.tool_calls:
-                        pieces = tuple(_storable_delta(chat.delta_from_proto(d)) for d in chunk.tool_calls)
-                        yield TokenChunk(storable(chunk.text), chunk.token_count, pieces)
-                    else:
-                        yield TokenChunk(storable(chunk.text), chunk.token_count)
-                elif which == "started":
-                    yield GenerationStarted(message.started.input_tokens)
-                elif which == "finished":
-                    done = message.finished
-                    yield GenerationFinished(
-                        _FINISH_REASONS.get(done.finish_reason, "STOP"),
-                        done.input_tokens,
-                        done.output_tokens,
-                        tuple(_storable_call(chat.tool_call_from_proto(c)) for c in done.tool_calls),
-                    )
-        except grpc.aio.AioRpcError as err:
-            raise worker_error(err) from None
+            try:
+                await session.send(worker_pb2.SessionRequest(start=start))
+            except grpc.aio.AioRpcError as err:
+                raise worker_error(err) from None
+            async with asyncio.timeout(time_limit):
+                while True:
+                    update = await queue.get()
+                    if type(update) is _SessionLost:
+                        finished = True
+                        raise update.error
+                    assert isinstance(update, worker_pb2.GenerationUpdate)
+                    if update.WhichOneof("update") == "error_status":
+                        finished = True
+                        typed = from_status(status_pb2.Status.FromString(update.error_status))
+                        raise _worker_error(typed.code, typed, typed.message)
+                    message = update.event
+                    which = message.WhichOneof("event")
+                    if which == "tokens":
+                        # Model text is made storable here, where it enters, so
+                        # what watchers see live is what the journal stores.
+                        chunk = message.tokens
+                        if chunk.tool_calls:
+                            pieces = tuple(
+                                _storable_delta(chat.delta_from_proto(d)) for d in chunk.tool_calls
+                            )
+                            yield TokenChunk(storable(chunk.text), chunk.token_count, pieces)
+                        else:
+                            yield TokenChunk(storable(chunk.text), chunk.token_count)
+                    elif which == "started":
+                        yield GenerationStarted(message.started.input_tokens)
+                    elif which == "finished":
+                        finished = True
+                        done = message.finished
+                        yield GenerationFinished(
+                            _FINISH_REASONS.get(done.finish_reason, "STOP"),
+                            done.input_tokens,
+                            done.output_tokens,
+                            tuple(_storable_call(chat.tool_call_from_proto(c)) for c in done.tool_calls),
+                        )
+                        return
+        except TimeoutError:
+            raise WorkerError("DEADLINE_EXCEEDED", "the job's deadline passed during generation") from None
         finally:
-            # Leaving early (a cancel, a deadline) cancels the call, which
-            # aborts the generation in the worker.
-            call.cancel()
+            session.unregister(job_id)
+            if not finished and not session.closed:
+                # Leaving early (a cancel, a deadline) aborts the generation
+                # in the worker; sent from a task of its own, as this one may
+                # be being cancelled.
+                abort = asyncio.create_task(self._abort_in(session, job_id))
+                self._aborts.add(abort)
+                abort.add_done_callback(self._aborts.discard)
+
+    @staticmethod
+    async def _abort_in(session: _WorkerSession, job_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            await session.send(worker_pb2.SessionRequest(abort=worker_pb2.AbortRequest(job_id=job_id)))
 
     async def abort(self, address: str, job_id: str) -> None:
         try:
@@ -286,6 +393,9 @@ class GrpcWorkers:
         return engine
 
     async def close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
         channels, self._channels = self._channels, {}
         self._stubs.clear()
         for channel in channels.values():

@@ -52,6 +52,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
         write_event = convert.write_event
+        if request.batch:
+            async for batch in self._jobs.watch_batches(request.job_id, request.after_sequence):
+                response = pb.WatchJobResponse()
+                add = response.events.add
+                for event in batch:
+                    write_event(add(), event)
+                yield response
+            return
         async for event in self._jobs.watch(request.job_id, request.after_sequence):
             response = pb.WatchJobResponse()
             write_event(response.event, event)

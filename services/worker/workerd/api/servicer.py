@@ -9,11 +9,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from hearth.api.worker.v1 import worker_pb2, worker_pb2_grpc
-from hearth.errors import InvalidArgument
+from hearth.errors import HearthError, Internal, InvalidArgument
 from hearth.runtime import JOB_ID_ATTRIBUTE
 from workerd.adapters.metrics import WorkerMetrics
 from workerd.api import convert
@@ -38,6 +39,86 @@ class _EngineDone:
 
 _ENGINE_DONE = _EngineDone()
 _Relayed = GenerationEvent | BaseException | _EngineDone
+
+
+def _never() -> bool:
+    return False
+
+
+class _Session:
+    """The generations of one Session stream and the frames it sends.
+
+    Each generation runs in a task of its own and appends its messages to
+    the pending list; :meth:`frames` sends everything pending as one frame
+    whenever the stream can take one, so an idle session answers at once
+    and a busy one batches. A generation's error becomes its last update.
+    """
+
+    def __init__(self, servicer: WorkerServicer) -> None:
+        self._servicer = servicer
+        self._pending: list[worker_pb2.GenerationUpdate] = []
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._reading = True
+
+    async def read(self, requests: AsyncIterator[worker_pb2.SessionRequest]) -> None:
+        try:
+            async for request in requests:
+                if request.HasField("start"):
+                    start = request.start
+                    if start.job_id in self._running:
+                        continue  # a repeated start of a running job: the first one stands
+                    task = asyncio.create_task(self._run(start), name=f"session-{start.job_id}")
+                    self._running[start.job_id] = task
+                elif request.HasField("abort"):
+                    running = self._running.get(request.abort.job_id)
+                    if running is not None:
+                        running.cancel()
+        finally:
+            self._reading = False
+            self._wake.set()
+
+    async def _run(self, request: worker_pb2.GenerateRequest) -> None:
+        job_id = request.job_id
+        parent = propagate.extract(dict(request.trace_context)) if request.trace_context else None
+        pending, wake = self._pending, self._wake  # the same list for the session's whole life
+        try:
+            generation = convert.generation_request(request)
+            async for message in self._servicer._generation(generation, parent, _never):
+                pending.append(worker_pb2.GenerationUpdate(job_id=job_id, event=message))
+                wake.set()
+        except asyncio.CancelledError:
+            return  # aborted: the orchestrator asked, or the session closed
+        except Exception as err:
+            if not isinstance(err, HearthError):
+                log.exception("generation %s failed", job_id)
+                err = Internal("internal error; see the worker's log")
+            status = err.to_status().SerializeToString()
+            pending.append(worker_pb2.GenerationUpdate(job_id=job_id, error_status=status))
+            wake.set()
+        finally:
+            self._running.pop(job_id, None)
+            if not self._reading:
+                wake.set()
+
+    async def frames(self) -> AsyncIterator[worker_pb2.SessionResponse]:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                frame = worker_pb2.SessionResponse(updates=self._pending)
+                self._pending.clear()
+                yield frame
+            if not self._reading and not self._running and not self._pending:
+                return
+
+    async def close(self) -> None:
+        """Abort every generation still running (the stream is gone)."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -87,7 +168,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def describe(self) -> worker_pb2.WorkerInfo:
         """The worker as GetInfo and heartbeats report it: every loadable
         model with its state, and the engines' load summed."""
-        return convert.worker_info(
+        info = convert.worker_info(
             self._status,
             engine_kind=self._engine_kind,
             models=self._models.describe(),
@@ -95,6 +176,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             address=self._address(),
             gpu=self._read_gpu(),
         )
+        self._metrics.observe_info(info)
+        return info
 
     async def GetInfo(
         self, request: worker_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
@@ -141,8 +224,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         generation = convert.generation_request(request)
+        async for message in self._generation(generation, None, context.cancelled):
+            yield message
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[worker_pb2.SessionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[worker_pb2.SessionResponse]:
+        session = _Session(self)
+        reader = asyncio.create_task(session.read(request_iterator), name="session-reader")
+        try:
+            async for frame in session.frames():
+                yield frame
+        finally:
+            reader.cancel()
+            await session.close()
+            await asyncio.wait([reader])
+
+    async def _generation(
+        self,
+        generation: GenerationRequest,
+        parent: otel_context.Context | None,
+        cancelled: Callable[[], bool],
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """One generation's messages, as Generate streams them (one span;
+        errors raised as they are, for the caller to map)."""
+        # In a Session the generation is the server side of the job's call
+        # (the stream itself has no span): a SERVER span under the caller's.
         span = self._tracer.start_span(
             "workerd.generate",
+            context=parent,
+            kind=SpanKind.SERVER if parent is not None else SpanKind.INTERNAL,
             attributes={
                 JOB_ID_ATTRIBUTE: generation.job_id,
                 "hearth.model": generation.model,
@@ -157,7 +270,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 self._status.admit(generation.job_id),
                 self._models.generation(generation.model, generation.job_id) as engine,
             ):
-                async with contextlib.aclosing(self._relay(engine, generation, span, context)) as relay:
+                async with contextlib.aclosing(self._relay(engine, generation, span, cancelled)) as relay:
                     async for message in relay:
                         yield message
         except (asyncio.CancelledError, GeneratorExit):
@@ -172,7 +285,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             span.end()
 
     async def _relay(
-        self, engine: Engine, generation: GenerationRequest, span: Span, context: grpc.aio.ServicerContext
+        self, engine: Engine, generation: GenerationRequest, span: Span, cancelled: Callable[[], bool]
     ) -> AsyncGenerator[worker_pb2.GenerateResponse, None]:
         received = time.perf_counter()
         queue: asyncio.Queue[_Relayed] = asyncio.Queue()
@@ -184,6 +297,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metrics.running.inc()
         outcome = "error"
         first_token = True
+        first_token_at = last_token_at = 0.0
+        later_tokens = 0
         held: _Relayed | None = None
         try:
             while True:
@@ -205,19 +320,28 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                             break
                         deltas.append(waiting)
                     text, count, tool_calls = convert.merge_deltas(deltas)
+                    last_token_at = time.perf_counter()
                     if first_token:
                         first_token = False
-                        self._metrics.time_to_first_token.observe(time.perf_counter() - received)
+                        first_token_at = last_token_at
+                        self._metrics.time_to_first_token.observe(first_token_at - received)
+                    else:
+                        later_tokens += count
                     self._metrics.generated_tokens.inc(count)
                     self._status.record_tokens(count)
                     yield convert.tokens_message(text, count, tool_calls)
                 elif isinstance(event, GenerationFinished):
                     outcome = event.finish_reason
+                    # As the run record counts it: tokens after the first chunk over the time
+                    # from the first to the last token.
+                    span_seconds = last_token_at - first_token_at
+                    if later_tokens > 0 and span_seconds > 0:
+                        self._metrics.decode_rate.observe(later_tokens / span_seconds)
                     self._status.record_finish(event.finish_reason)
                     span.set_attribute("hearth.output_tokens", event.output_tokens)
                     span.set_attribute("hearth.finish_reason", event.finish_reason)
                     yield convert.finished_message(event)
-                if context.cancelled():
+                if cancelled():
                     raise asyncio.CancelledError("the client cancelled the call")
         except (asyncio.CancelledError, GeneratorExit):
             # A cancelled call either cancels this task (CancelledError) or, when

@@ -104,7 +104,8 @@ class OrchestratorServiceServicer:
     def WatchJob(self, request, context):
         """WatchJob streams a job's events after a sequence number (0 for all) and
         ends after the terminal event. A watcher that reconnects passes the last
-        sequence it saw and misses nothing.
+        sequence it saw and misses nothing. With batch, each message carries every
+        event that was waiting.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

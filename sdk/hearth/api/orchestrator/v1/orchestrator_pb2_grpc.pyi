@@ -53,7 +53,8 @@ class OrchestratorServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.WatchJobRequest, _orchestrator_pb2.WatchJobResponse]
     """WatchJob streams a job's events after a sequence number (0 for all) and
     ends after the terminal event. A watcher that reconnects passes the last
-    sequence it saw and misses nothing.
+    sequence it saw and misses nothing. With batch, each message carries every
+    event that was waiting.
     """
 
 @_typing.type_check_only
@@ -81,7 +82,8 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.WatchJobRequest, _orchestrator_pb2.WatchJobResponse]  # type: ignore[assignment]
     """WatchJob streams a job's events after a sequence number (0 for all) and
     ends after the terminal event. A watcher that reconnects passes the last
-    sequence it saw and misses nothing.
+    sequence it saw and misses nothing. With batch, each message carries every
+    event that was waiting.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,7 +138,8 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.WatchJobResponse], _abc.AsyncIterator[_orchestrator_pb2.WatchJobResponse]]:
         """WatchJob streams a job's events after a sequence number (0 for all) and
         ends after the terminal event. A watcher that reconnects passes the last
-        sequence it saw and misses nothing.
+        sequence it saw and misses nothing. With batch, each message carries every
+        event that was waiting.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,6 +41,11 @@ class WorkerServiceStub:
                 request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/hearth.api.worker.v1.WorkerService/Session',
+                request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/hearth.api.worker.v1.WorkerService/Abort',
                 request_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.AbortRequest.SerializeToString,
@@ -78,6 +83,19 @@ class WorkerServiceServicer:
         `started` (with the prompt's token count), then zero or more `tokens`
         chunks, then exactly one `finished`. A client that cancels the call
         aborts the generation in the engine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Session carries many generations over one long-lived stream, so a busy
+        worker costs one message per frame, not one per token per job: the
+        orchestrator sends starts and aborts; the worker sends frames, each with
+        the updates of every generation that has news (the same events as
+        Generate, in order per job, or the error that ended it). An idle session
+        sends an update at once; while a frame is being written the next one
+        collects updates. Closing the stream aborts every generation on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +150,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.FromString,
                     response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionResponse.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -188,6 +211,33 @@ class WorkerService:
             '/hearth.api.worker.v1.WorkerService/Generate',
             hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.SerializeToString,
             hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hearth.api.worker.v1.WorkerService/Session',
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+            hearth_dot_api_dot_worker_dot_v1_dot_worker__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

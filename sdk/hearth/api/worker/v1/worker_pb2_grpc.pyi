@@ -41,6 +41,15 @@ class WorkerServiceStub:
     chunks, then exactly one `finished`. A client that cancels the call
     aborts the generation in the engine.
     """
+    Session: _grpc.StreamStreamMultiCallable[_worker_pb2.SessionRequest, _worker_pb2.SessionResponse]
+    """Session carries many generations over one long-lived stream, so a busy
+    worker costs one message per frame, not one per token per job: the
+    orchestrator sends starts and aborts; the worker sends frames, each with
+    the updates of every generation that has news (the same events as
+    Generate, in order per job, or the error that ended it). An idle session
+    sends an update at once; while a frame is being written the next one
+    collects updates. Closing the stream aborts every generation on it.
+    """
     Abort: _grpc.UnaryUnaryMultiCallable[_worker_pb2.AbortRequest, _worker_pb2.AbortResponse]
     """Abort stops a running generation. Aborting an unknown or finished job is
     not an error (aborted is false): cancellation races completion.
@@ -74,6 +83,15 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     `started` (with the prompt's token count), then zero or more `tokens`
     chunks, then exactly one `finished`. A client that cancels the call
     aborts the generation in the engine.
+    """
+    Session: _aio.StreamStreamMultiCallable[_worker_pb2.SessionRequest, _worker_pb2.SessionResponse]  # type: ignore[assignment]
+    """Session carries many generations over one long-lived stream, so a busy
+    worker costs one message per frame, not one per token per job: the
+    orchestrator sends starts and aborts; the worker sends frames, each with
+    the updates of every generation that has news (the same events as
+    Generate, in order per job, or the error that ended it). An idle session
+    sends an update at once; while a frame is being written the next one
+    collects updates. Closing the stream aborts every generation on it.
     """
     Abort: _aio.UnaryUnaryMultiCallable[_worker_pb2.AbortRequest, _worker_pb2.AbortResponse]  # type: ignore[assignment]
     """Abort stops a running generation. Aborting an unknown or finished job is
@@ -111,6 +129,21 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         `started` (with the prompt's token count), then zero or more `tokens`
         chunks, then exactly one `finished`. A client that cancels the call
         aborts the generation in the engine.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_worker_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.SessionResponse], _abc.AsyncIterator[_worker_pb2.SessionResponse]]:
+        """Session carries many generations over one long-lived stream, so a busy
+        worker costs one message per frame, not one per token per job: the
+        orchestrator sends starts and aborts; the worker sends frames, each with
+        the updates of every generation that has news (the same events as
+        Generate, in order per job, or the error that ended it). An idle session
+        sends an update at once; while a frame is being written the next one
+        collects updates. Closing the stream aborts every generation on it.
         """
 
     @_abc_1.abstractmethod
