@@ -14,11 +14,12 @@ messages live in ``hearth.api.chat.v1``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jsonschema
+import re2
 
 from hearth.api.chat.v1 import chat_pb2
 
@@ -256,8 +257,47 @@ def argument_errors(call: ToolCall, tool: Tool) -> tuple[str, str]:
             raise ValueError(f"a JSON {type(arguments).__name__}, not an object")
     except ValueError as err:
         return f"{err}: {call.arguments[:120]!r}", "the arguments do not parse"
+    error = jsonschema.exceptions.best_match(_validator(tool.parameters).iter_errors(arguments))
+    return "", error.message if error is not None else ""
+
+
+def unsafe_pattern(pattern: str) -> str:
+    """Why ``pattern`` cannot be used in a tool's schema ("" when it can): it
+    must compile in RE2, which matches in time linear in the input, so no
+    pattern can make a model's arguments take exponential time to check
+    (backreferences and lookaround, which need backtracking, are refused)."""
     try:
-        jsonschema.validate(arguments, dict(tool.parameters))
-    except jsonschema.ValidationError as err:
-        return "", err.message
-    return "", ""
+        re2.compile(pattern)
+    except re2.error as err:
+        return f"RE2 cannot compile it in linear time: {err}"
+    return ""
+
+
+def _re2_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not re2.search(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _re2_pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if re2.search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+#: JSON Schema validation with RE2 for ``pattern`` and ``patternProperties``:
+#: linear time whatever pattern a caller sent.
+_SafeValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    {"pattern": _re2_pattern, "patternProperties": _re2_pattern_properties},
+)
+
+
+def _validator(schema: Mapping[str, Any]) -> Any:
+    return _SafeValidator(dict(schema))

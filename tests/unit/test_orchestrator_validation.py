@@ -32,6 +32,8 @@ def _nested(depth: int) -> dict[str, object]:
 
 
 DEEP = _nested(40)
+#: A pattern only a backtracking engine runs (a backreference).
+BACKREFERENCE = {"type": "object", "properties": {"x": {"type": "string", "pattern": r"^(a+)\1$"}}}
 LIMITS = SubmitLimits(max_prompt_chars=100, default_max_tokens=256, default_timeout_seconds=600)
 
 
@@ -79,6 +81,14 @@ LIMITS = SubmitLimits(max_prompt_chars=100, default_max_tokens=256, default_time
             "spec.tools[0].parameters_json",
             "SCHEMA_TOO_LARGE",
         ),
+        (
+            JobDraft(prompt="hi", tools=(Tool("t", parameters=BACKREFERENCE),)),
+            "spec.tools[0].parameters_json",
+            "UNSAFE_PATTERN",
+        ),
+        (JobDraft(prompt="hi", max_tokens=2_000_000), "spec.max_tokens", "INVALID_FIELD"),
+        (JobDraft(prompt="hi", timeout_seconds=1e12), "spec.timeout", "INVALID_FIELD"),
+        (JobDraft(prompt="hi", timeout_seconds=float("nan")), "spec.timeout", "INVALID_FIELD"),
         (JobDraft(prompt="hi", data_class="L9"), "spec.data_class", "INVALID_FIELD"),
         (JobDraft(prompt="hi", agent="a" * 257), "spec.agent", "INVALID_FIELD"),
         (JobDraft(prompt="hi", memory_context_tokens=-1), "spec.memory_context_tokens", "INVALID_FIELD"),
@@ -158,3 +168,19 @@ def test_job_ids_must_be_uuids() -> None:
 
 def test_the_prompt_token_estimate_rounds_up() -> None:
     assert [estimate_prompt_tokens(n) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+
+
+def test_tool_arguments_are_checked_in_linear_time_whatever_the_pattern() -> None:
+    """(a+)+$ backtracks exponentially in Python's re on 'aaaa...!'; RE2 answers at once."""
+    from hearth.chat import ToolCall, argument_errors
+
+    evil = Tool(
+        "t", parameters={"type": "object", "properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}}
+    )
+    assert validate_submission(JobDraft(prompt="hi", tools=(evil,)), LIMITS).spec.tools == (evil,)
+    call = ToolCall("c1", "t", '{"x": "' + "a" * 5000 + '!"}')
+    parse, schema = argument_errors(call, evil)
+    assert parse == "" and "does not match" in schema
+    assert argument_errors(ToolCall("c2", "t", '{"x": "aaa"}'), evil) == ("", "")
+    keyed = Tool("k", parameters={"type": "object", "patternProperties": {"^n_": {"type": "integer"}}})
+    assert "is not of type 'integer'" in argument_errors(ToolCall("c3", "k", '{"n_a": "x"}'), keyed)[1]

@@ -4,13 +4,12 @@ router or the database. Each failure names the request field it is about."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hearth.chat import ROLES, ChatMessage, Tool
+from hearth.chat import ROLES, ChatMessage, Tool, unsafe_pattern
 from hearth.errors import InvalidArgument
 from orchestratord.domain.jobs import DATA_CLASSES, JobSpec, Priority
 
@@ -65,6 +64,10 @@ class SubmitLimits:
     max_schema_chars: int = 65_536
     default_max_tokens: int = 256
     default_timeout_seconds: float = 600.0
+    #: The most a job may ask for (the model's context is checked by the router).
+    max_tokens: int = 1_048_576
+    #: A week: a longer deadline is a mistake, not a job.
+    max_timeout_seconds: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +105,10 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
             limit=str(limits.max_prompt_chars),
         )
     _check_tools(draft.tools, draft.tool_choice, limits)
-    if draft.max_tokens is not None and draft.max_tokens < 1:
-        raise InvalidArgument("spec.max_tokens", "must be at least 1 (leave it unset for the default)")
+    if draft.max_tokens is not None and not (1 <= draft.max_tokens <= limits.max_tokens):
+        raise InvalidArgument(
+            "spec.max_tokens", f"must be between 1 and {limits.max_tokens} (leave it unset for the default)"
+        )
     if not (0.0 <= draft.temperature <= 2.0):  # also rejects NaN
         raise InvalidArgument("spec.temperature", "must be between 0 and 2")
     if draft.priority == "":
@@ -119,8 +124,10 @@ def validate_submission(draft: JobDraft, limits: SubmitLimits) -> Submission:
         )
     _check_routing_facts(draft, limits)
     timeout = draft.timeout_seconds
-    if timeout is not None and (timeout < 0 or math.isnan(timeout)):
-        raise InvalidArgument("spec.timeout", "must not be negative")
+    if timeout is not None and not (0 <= timeout <= limits.max_timeout_seconds):  # also rejects NaN
+        raise InvalidArgument(
+            "spec.timeout", f"must be between 0 (the default) and {limits.max_timeout_seconds:g} seconds"
+        )
     request_id: str | None = None
     if draft.request_id:
         try:
@@ -196,6 +203,13 @@ def _check_schema(where: str, schema: object, limits: SubmitLimits) -> None:
             for key, value in node.items():
                 check_text(where, str(key))
                 stack.append((value, depth + 1))
+            patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+            if isinstance(node.get("patternProperties"), dict):
+                patterns.extend(str(key) for key in node["patternProperties"])
+            for pattern in patterns:
+                why = unsafe_pattern(pattern)
+                if why:
+                    raise InvalidArgument(where, f"pattern {pattern!r}: {why}", reason="UNSAFE_PATTERN")
         elif isinstance(node, list):
             stack.extend((value, depth + 1) for value in node)
     size = len(json.dumps(schema))
