@@ -34,7 +34,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
-def start_stack(data_dir: Path, config: dict[str, Any], extra_workers: list[dict[str, Any]] | None = None):
+@pytest.fixture(scope="session")
+def tiny_vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama that vLLM's CPU build serves, built once: head_dim 64 (hidden 256,
+    4 heads; its CPU attention refuses 16), 2 layers, and greedy decoding always runs to
+    max_tokens (no early </s>), so a long generation stays long enough to cancel or kill."""
+    from hearth.tinymodel import build_tiny_llama
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("models") / "tiny-llama-vllm",
+        hidden_size=256,
+        heads=4,
+        runs_to_max_tokens=True,
+    )
+
+
+def start_stack(
+    data_dir: Path,
+    config: dict[str, Any],
+    extra_workers: list[dict[str, Any]] | None = None,
+    *,
+    health_timeout: float = 180.0,
+):
     """Start a Stack whose service logs go to <data_dir>/stack.log."""
     from hearth.stack import Stack, StackOptions
 
@@ -47,6 +68,7 @@ def start_stack(data_dir: Path, config: dict[str, Any], extra_workers: list[dict
             log_sink=sink,
             pretty_logs=True,
             extra_workers=list(extra_workers or []),
+            health_timeout=health_timeout,
         )
     )
     try:

@@ -62,7 +62,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
 import grpc
-from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hearth import chat
@@ -147,6 +147,20 @@ _RUN_STRATEGIES: Final[Mapping[str, tasks_pb2.RunStrategy.ValueType]] = {
     "dag": tasks_pb2.RUN_STRATEGY_DAG,
     "priority": tasks_pb2.RUN_STRATEGY_PRIORITY,
 }
+_PLAN_STATUSES: Final[Mapping[str, tasks_pb2.PlanStatus.ValueType]] = {
+    "proposing": tasks_pb2.PLAN_STATUS_PROPOSING,
+    "draft": tasks_pb2.PLAN_STATUS_DRAFT,
+    "approved": tasks_pb2.PLAN_STATUS_APPROVED,
+    "rejected": tasks_pb2.PLAN_STATUS_REJECTED,
+    "failed": tasks_pb2.PLAN_STATUS_FAILED,
+}
+_STATS_GROUPINGS: Final[Mapping[str, tasks_pb2.StatsGrouping.ValueType]] = {
+    "none": tasks_pb2.STATS_GROUPING_UNSPECIFIED,
+    "day": tasks_pb2.STATS_GROUPING_DAY,
+    "month": tasks_pb2.STATS_GROUPING_MONTH,
+    "role": tasks_pb2.STATS_GROUPING_ROLE,
+    "model": tasks_pb2.STATS_GROUPING_MODEL,
+}
 _TERMINAL_EVENTS: Final = frozenset({"completed", "failed", "cancelled"})
 _HEALTH_TIMEOUT_SECONDS: Final = 2.0
 _CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -165,6 +179,10 @@ CLOSE_STATUS_NAMES: Final = _CLOSE_STATUSES
 LINK_KIND_NAMES: Final = tuple(_LINK_KINDS)
 #: The strategies of :meth:`AsyncClient.run_project` (``dag`` first: the default).
 RUN_STRATEGY_NAMES: Final = tuple(_RUN_STRATEGIES)
+#: The plan statuses, by their lower-case names (``proposing``, ``draft``, ...).
+PLAN_STATUS_NAMES: Final = tuple(_PLAN_STATUSES)
+#: How :meth:`AsyncClient.stats` may group (``none`` first: the default).
+STATS_GROUPING_NAMES: Final = tuple(_STATS_GROUPINGS)
 
 
 class Unset:
@@ -960,6 +978,186 @@ class AsyncClient:
         request = tasks_pb2.GetProjectRequest(project_id=project_id)
         response = await self._unary(self._tasks().GetProject, request)
         return response.project
+
+    # -- plans, roles, stats, events (TaskService) ----------------------------
+
+    async def propose_plan(
+        self,
+        project_id: str,
+        goal: str,
+        *,
+        agent: str = "",
+        max_attempts: int = 0,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> tasks_pb2.Plan:
+        """Ask the manager role for a plan of ``goal``: its answer must be a
+        JSON plan (tasks with keys, names, roles, prompts and requires); an
+        invalid one is sent back with its errors, up to ``max_attempts`` jobs
+        in all. Returns the draft (``plan.attempts`` shows every answer).
+
+        The call lasts as long as the manager's jobs, so it has no deadline by
+        default and is not retried.
+
+        Args:
+            project_id: the project (created with the plan when new).
+            goal: what the plan is for.
+            agent: who asks.
+            max_attempts: jobs in all; 0 for the server's default (3), at most 5.
+            model: a model for the manager; empty for the manager role's chain.
+            timeout: seconds to wait; None waits as long as the jobs take.
+
+        Raises:
+            FailedPrecondition: ``PLAN_FAILED`` when no attempt gave a valid plan
+                (``e.metadata["plan_id"]``; :meth:`get_plan` shows the attempts).
+            InvalidArgument: a bad project id, goal or attempt count.
+        """
+        request = tasks_pb2.ProposePlanRequest(
+            project_id=project_id, goal=goal, agent=agent, max_attempts=max_attempts, model=model
+        )
+        response = await self._unary(self._tasks().ProposePlan, request, retry=False, timeout=timeout)
+        return response.plan
+
+    async def get_plan(self, plan_id: int) -> tasks_pb2.Plan:
+        """A plan with its draft and every attempt.
+
+        Raises:
+            NotFound: ``PLAN_NOT_FOUND``.
+        """
+        response = await self._unary(self._tasks().GetPlan, tasks_pb2.GetPlanRequest(plan_id=plan_id))
+        return response.plan
+
+    async def list_plans(self, project_id: str, status: str | int | None = None) -> list[tasks_pb2.Plan]:
+        """A project's plans, newest first; ``status`` narrows (a name of
+        :data:`PLAN_STATUS_NAMES` or a ``PlanStatus`` value)."""
+        request = tasks_pb2.ListPlansRequest(project_id=project_id, status=_plan_status_value(status))
+        response = await self._unary(self._tasks().ListPlans, request)
+        return list(response.plans)
+
+    async def edit_plan(
+        self,
+        plan_id: int,
+        draft: tasks_pb2.PlanDraft | Mapping[str, Any],
+        *,
+        revision: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.Plan:
+        """Replace a draft's tasks (the whole draft: add, remove or change
+        tasks in it), validated as a proposal is.
+
+        Args:
+            plan_id: the plan (a draft).
+            draft: a ``PlanDraft`` or its JSON form (``{"tasks": [{"key", "name",
+                "role", "prompt", "requires", "priority", "produces_index"}]}``).
+            revision: the revision the edit was made on (0: no check).
+            agent: who edits.
+
+        Raises:
+            InvalidArgument: ``PLAN_INVALID``, the first error's path in ``e.metadata["field"]``.
+            FailedPrecondition: ``PLAN_NOT_DRAFT``.
+            Aborted: ``REVISION_MISMATCH`` when the plan changed since ``revision``.
+        """
+        request = tasks_pb2.EditPlanRequest(
+            plan_id=plan_id, draft=plan_draft(draft), revision=revision, agent=agent
+        )
+        response = await self._unary(self._tasks().EditPlan, request, retry=False)
+        return response.plan
+
+    async def approve_plan(
+        self,
+        plan_id: int,
+        draft: tasks_pb2.PlanDraft | Mapping[str, Any] | None = None,
+        *,
+        revision: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.ApprovePlanResponse:
+        """Approve a draft (with ``draft``: that edited draft): its tasks and
+        requires links are created in one transaction. Returns the plan
+        (``task_ids`` by key), the tasks and the links.
+
+        Raises:
+            InvalidArgument: ``PLAN_INVALID`` for an invalid ``draft``.
+            FailedPrecondition: ``PLAN_NOT_DRAFT``.
+            Aborted: ``REVISION_MISMATCH``.
+        """
+        request = tasks_pb2.ApprovePlanRequest(plan_id=plan_id, revision=revision, agent=agent)
+        if draft is not None:
+            request.draft.CopyFrom(plan_draft(draft))
+        return await self._unary(self._tasks().ApprovePlan, request, retry=False)
+
+    async def reject_plan(self, plan_id: int, reason: str, agent: str = "") -> tasks_pb2.Plan:
+        """Reject a draft with a reason; the draft is kept.
+
+        Raises:
+            InvalidArgument: a blank ``reason``.
+            FailedPrecondition: ``PLAN_NOT_DRAFT``.
+        """
+        request = tasks_pb2.RejectPlanRequest(plan_id=plan_id, reason=reason, agent=agent)
+        response = await self._unary(self._tasks().RejectPlan, request)
+        return response.plan
+
+    async def list_roles(self, route: bool = True) -> list[tasks_pb2.Role]:
+        """The agent roles with their model chains, system prompts, context
+        policies and tool permissions; with ``route``, where each role's jobs
+        would run now (``role.route``: the router's dry-run choice and reason)."""
+        response = await self._unary(self._tasks().ListRoles, tasks_pb2.ListRolesRequest(route=route))
+        return list(response.roles)
+
+    async def stats(
+        self,
+        *,
+        project_id: str = "",
+        agent: str = "",
+        group_by: str | int = "none",
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> tasks_pb2.StatsResponse:
+        """Usage from the run records and plan attempts: jobs, failed jobs and
+        the failure rate, tokens in and out, cost, and time to first token, per
+        group and in total. Prompts and outputs are never part of it.
+
+        Args:
+            project_id: only this project's.
+            agent: only the runs this agent started.
+            group_by: ``"none"``, ``"day"``, ``"month"`` (UTC), ``"role"`` or
+                ``"model"`` (see :data:`STATS_GROUPING_NAMES`), or the value.
+            start: only jobs started at or after this time (naive means UTC).
+            end: only jobs started before this time.
+
+        Raises:
+            ValueError: ``group_by`` is not a known grouping.
+        """
+        request = tasks_pb2.StatsRequest(
+            project_id=project_id, agent=agent, group_by=_stats_grouping_value(group_by)
+        )
+        if start is not None:
+            request.start_time.CopyFrom(_timestamp(start))
+        if end is not None:
+            request.end_time.CopyFrom(_timestamp(end))
+        return await self._unary(self._tasks().Stats, request)
+
+    async def export_events(
+        self, since: int = 0, *, project_id: str = "", limit: int = 0
+    ) -> AsyncIterator[tasks_pb2.WorkEvent]:
+        """The work event log after sequence ``since``, in order: every change
+        of a project, task, link, note, context override, plan, plan attempt
+        or run, with the entity's state after it (``event.data_json``).
+
+        Args:
+            since: events with a higher sequence (0: from the first).
+            project_id: only this project's events.
+            limit: at most this many (0: all there are now).
+        """
+        request = tasks_pb2.ExportEventsRequest(since=since, project_id=project_id, limit=limit)
+        call = self._tasks().ExportEvents(request)
+        try:
+            async for response in call:
+                for event in response.events:
+                    yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
 
     # -- pool, memory, health -------------------------------------------------
 
@@ -1832,6 +2030,81 @@ class Client:
         """A project with its INDEX and task counts; see :meth:`AsyncClient.get_project`."""
         return self._call(self._async.get_project(project_id))
 
+    def propose_plan(
+        self,
+        project_id: str,
+        goal: str,
+        *,
+        agent: str = "",
+        max_attempts: int = 0,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> tasks_pb2.Plan:
+        """Ask the manager role for a plan; see :meth:`AsyncClient.propose_plan`."""
+        return self._call(
+            self._async.propose_plan(
+                project_id, goal, agent=agent, max_attempts=max_attempts, model=model, timeout=timeout
+            )
+        )
+
+    def get_plan(self, plan_id: int) -> tasks_pb2.Plan:
+        """A plan with its attempts; see :meth:`AsyncClient.get_plan`."""
+        return self._call(self._async.get_plan(plan_id))
+
+    def list_plans(self, project_id: str, status: str | int | None = None) -> list[tasks_pb2.Plan]:
+        """A project's plans, newest first; see :meth:`AsyncClient.list_plans`."""
+        return self._call(self._async.list_plans(project_id, status))
+
+    def edit_plan(
+        self,
+        plan_id: int,
+        draft: tasks_pb2.PlanDraft | Mapping[str, Any],
+        *,
+        revision: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.Plan:
+        """Replace a draft's tasks; see :meth:`AsyncClient.edit_plan`."""
+        return self._call(self._async.edit_plan(plan_id, draft, revision=revision, agent=agent))
+
+    def approve_plan(
+        self,
+        plan_id: int,
+        draft: tasks_pb2.PlanDraft | Mapping[str, Any] | None = None,
+        *,
+        revision: int = 0,
+        agent: str = "",
+    ) -> tasks_pb2.ApprovePlanResponse:
+        """Approve a draft, creating its tasks; see :meth:`AsyncClient.approve_plan`."""
+        return self._call(self._async.approve_plan(plan_id, draft, revision=revision, agent=agent))
+
+    def reject_plan(self, plan_id: int, reason: str, agent: str = "") -> tasks_pb2.Plan:
+        """Reject a draft; see :meth:`AsyncClient.reject_plan`."""
+        return self._call(self._async.reject_plan(plan_id, reason, agent))
+
+    def list_roles(self, route: bool = True) -> list[tasks_pb2.Role]:
+        """The agent roles; see :meth:`AsyncClient.list_roles`."""
+        return self._call(self._async.list_roles(route))
+
+    def stats(
+        self,
+        *,
+        project_id: str = "",
+        agent: str = "",
+        group_by: str | int = "none",
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> tasks_pb2.StatsResponse:
+        """Usage from the run records; see :meth:`AsyncClient.stats`."""
+        return self._call(
+            self._async.stats(project_id=project_id, agent=agent, group_by=group_by, start=start, end=end)
+        )
+
+    def export_events(
+        self, since: int = 0, *, project_id: str = "", limit: int = 0
+    ) -> Iterator[tasks_pb2.WorkEvent]:
+        """The work event log after ``since``; see :meth:`AsyncClient.export_events`."""
+        return self._iterate(self._async.export_events(since, project_id=project_id, limit=limit))
+
     def list_workers(self) -> list[pool_pb2.PooledWorker]:
         """See :meth:`AsyncClient.list_workers`."""
         return self._call(self._async.list_workers())
@@ -2163,6 +2436,52 @@ def _link_kind_value(kind: str | int) -> tasks_pb2.LinkKind.ValueType:
         raise ValueError(f"unknown link kind {kind!r}; one of {', '.join(_LINK_KINDS)}") from None
 
 
+def _plan_status_value(status: str | int | None) -> tasks_pb2.PlanStatus.ValueType:
+    if status is None or status == "":
+        return tasks_pb2.PLAN_STATUS_UNSPECIFIED
+    if isinstance(status, int):
+        return cast(tasks_pb2.PlanStatus.ValueType, status)
+    try:
+        return _PLAN_STATUSES[_enum_key(status, "plan_status_")]
+    except KeyError:
+        raise ValueError(f"unknown plan status {status!r}; one of {', '.join(_PLAN_STATUSES)}") from None
+
+
+def _stats_grouping_value(grouping: str | int) -> tasks_pb2.StatsGrouping.ValueType:
+    if isinstance(grouping, int):
+        return cast(tasks_pb2.StatsGrouping.ValueType, grouping)
+    try:
+        return _STATS_GROUPINGS[_enum_key(grouping or "none", "stats_grouping_")]
+    except KeyError:
+        raise ValueError(f"unknown grouping {grouping!r}; one of {', '.join(_STATS_GROUPINGS)}") from None
+
+
+def plan_draft(draft: tasks_pb2.PlanDraft | Mapping[str, Any]) -> tasks_pb2.PlanDraft:
+    """A ``PlanDraft`` from itself or its JSON form (what ``hearth plan show
+    --json`` prints under ``draft``, and what a manager answers):
+    ``{"summary": ..., "tasks": [{"key", "name", "role", "prompt", "requires",
+    "priority", "produces_index"}, ...]}``.
+
+    Raises:
+        ValueError: the JSON form has unknown fields or wrong types.
+    """
+    if isinstance(draft, tasks_pb2.PlanDraft):
+        return draft
+    try:
+        return json_format.ParseDict(dict(draft), tasks_pb2.PlanDraft())
+    except json_format.ParseError as err:
+        raise ValueError(f"not a plan draft: {err}") from None
+
+
+def plan_status_name(status: int) -> str:
+    """``PLAN_STATUS_DRAFT`` -> ``draft``; ``unspecified`` for 0."""
+    try:
+        name = tasks_pb2.PlanStatus.Name(cast(tasks_pb2.PlanStatus.ValueType, status))
+    except ValueError:
+        return str(status)
+    return name.removeprefix("PLAN_STATUS_").lower()
+
+
 def _run_strategy_value(strategy: str | int) -> tasks_pb2.RunStrategy.ValueType:
     if isinstance(strategy, int):
         return cast(tasks_pb2.RunStrategy.ValueType, strategy)
@@ -2194,9 +2513,11 @@ __all__ = [
     "JOB_STATE_NAMES",
     "LINK_KIND_NAMES",
     "MEMORY_KIND_NAMES",
+    "PLAN_STATUS_NAMES",
     "RETRIEVAL_MODE_NAMES",
     "RUN_STRATEGY_NAMES",
     "STACK_FILE",
+    "STATS_GROUPING_NAMES",
     "TASK_STATUS_NAMES",
     "UNSET",
     "AsyncClient",
@@ -2213,5 +2534,7 @@ __all__ = [
     "memory_filter",
     "memory_kind_name",
     "memory_message",
+    "plan_draft",
+    "plan_status_name",
     "task_status_name",
 ]

@@ -30,6 +30,7 @@ from hearth.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from workerd.adapters.engines import openai_engine
 from workerd.adapters.engines.api_keys import ApiKeyError, load_api_key
 from workerd.adapters.engines.openai_engine import OpenAIEngine
 from workerd.domain.engine import (
@@ -281,6 +282,38 @@ async def test_streams_text_and_reports_the_upstream_usage(
         "seed": 7,
     }
     assert engine.stats().running == 0
+
+
+async def test_a_stream_that_outruns_the_engine_still_lets_other_tasks_run(
+    engine: OpenAIEngine, upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that always finds data waiting yields to the loop once it has held it
+    for the hold limit; with the limit at 0, after every chunk. (Socket reads alone
+    yield once per buffer of a few hundred chunks: on a CPU shared with vLLM that was
+    seconds without a heartbeat.)"""
+    monkeypatch.setattr(openai_engine, "_MAX_LOOP_HOLD_SECONDS", 0.0)
+    # The whole answer in one write: every read finds data waiting.
+    pieces = 2_000
+    upstream.script("/chat/completions", Reply(events=["".join(text_transcript(*(["w "] * pieces)))]))
+    delivered = 0
+    progress_seen: set[int] = set()
+
+    async def other_task() -> None:
+        while True:
+            progress_seen.add(delivered)
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_task())
+    try:
+        async for event in engine.generate(request(max_tokens=pieces)):
+            if isinstance(event, TokenDelta):
+                delivered += event.token_count
+    finally:
+        ticker.cancel()
+
+    assert delivered == pieces
+    # The other task ran between (nearly) every two chunks, not once per socket read.
+    assert len(progress_seen) > pieces / 2, len(progress_seen)
 
 
 async def test_length_without_usage_counts_the_deltas(

@@ -59,7 +59,7 @@ async def insert(store: PostgresJobStore, job: ActiveJob) -> bool:
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert await upgrade_database(engine) == head_revision() == "0004"
+    assert await upgrade_database(engine) == head_revision() == "0005"
     async with engine.connect() as conn:
         tables = set(
             (

@@ -59,3 +59,22 @@ def test_an_incomplete_folder_is_rebuilt(tmp_path: Path) -> None:
 
     assert is_complete(folder)
     assert not list(tmp_path.glob(".tiny.building-*"))
+
+
+def test_runs_to_max_tokens_makes_greedy_decoding_never_pick_the_end_token(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = build_tiny_llama(tmp_path / "endless", hidden_size=256, heads=4, runs_to_max_tokens=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    ids = tokenizer("The hearth was warm.", return_tensors="pt")["input_ids"]
+
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=300, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+        logits = model(input_ids=out).logits[0]
+
+    assert out.shape[1] == ids.shape[1] + 300  # it ran to max_new_tokens
+    assert model.config.head_dim == 64  # what vLLM's CPU attention accepts
+    assert torch.all(logits[:, tokenizer.eos_token_id] == 0)
+    assert torch.all(logits.max(dim=-1).values > 0)

@@ -62,6 +62,25 @@ def test_command_with_defaults() -> None:
     ]
 
 
+def test_command_with_the_model_after_a_flag() -> None:
+    options = VllmOptions(
+        model_path="/models/tiny",
+        executable=["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"],
+        model_flag="--model",
+    )
+
+    command = build_vllm_command(options, port=8123, gpu_memory_utilization=0.9)
+
+    assert command[:5] == [
+        "/venv/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/models/tiny",
+    ]
+    assert command.count("/models/tiny") == 1
+
+
 def test_command_with_tool_parser_and_extra_args() -> None:
     options = VllmOptions(
         model_path="Qwen/Qwen2.5-7B-Instruct-AWQ",
@@ -152,7 +171,7 @@ FAKE_VLLM = textwrap.dedent(
     '''
     """Stands in for `vllm serve`: /health, /metrics, /v1/models and a streamed
     /v1/chat/completions. Controlled by files in $FAKE_VLLM_DIR."""
-    import argparse, json, os, sys, time
+    import argparse, json, os, subprocess, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from pathlib import Path
 
@@ -170,6 +189,10 @@ FAKE_VLLM = textwrap.dedent(
     if (control / "crash-on-start").exists():
         print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
         sys.exit(1)
+    if (control / "spawn-helper").exists():
+        # Like vLLM's engine core: a child that shares the output pipe and outlives a SIGKILL.
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        (control / f"helper-{launch}").write_text(str(helper.pid))
     healthy = not (control / "never-healthy").exists()
     name = args.served_model_name or args.model
     METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -297,11 +320,13 @@ async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> No
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it is not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return state != "Z"
 
 
 # --- supervision ---------------------------------------------------------------
@@ -349,6 +374,52 @@ async def test_restarts_a_crashed_server_and_fails_its_generations(
     assert engine.restarts == 1
     events = await collect(engine, request("after"))
     assert isinstance(events[-1], GenerationFinished) and events[-1].finish_reason == "length"
+
+
+async def test_a_crash_is_seen_while_the_servers_own_child_holds_its_output_open(
+    fake_vllm: tuple[Path, Path],
+) -> None:
+    _, control = fake_vllm
+    (control / "spawn-helper").touch()
+    eng = make_engine(fake_vllm)
+    await eng.start()
+    try:
+        first_pid = eng.pid
+        assert first_pid is not None
+        helper = int((control / "helper-0").read_text())
+        assert alive(helper)
+
+        os.kill(first_pid, 9)
+
+        await eventually(lambda: eng.state == "running" and eng.pid not in (None, first_pid))
+        assert eng.restarts == 1
+        await eventually(lambda: not alive(helper))  # the group went with the server
+        events = await collect(eng, request("after"))
+        assert isinstance(events[-1], GenerationFinished) and events[-1].finish_reason == "length"
+    finally:
+        await eng.cleanup()
+
+
+def scheduling_of(pid: int) -> tuple[int, str | None]:
+    """(nice, its autogroup's nice or None where there are no autogroups) of a process."""
+    nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # stat field 19
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    return nice, autogroup.read_text().split()[-1] if autogroup.exists() else None
+
+
+async def test_nice_lowers_the_servers_priority_and_its_sessions(fake_vllm: tuple[Path, Path]) -> None:
+    own = scheduling_of(os.getpid())
+    eng = make_engine(fake_vllm, nice=7)
+    await eng.start()
+    try:
+        pid = eng.pid
+        assert pid is not None
+        nice, group = scheduling_of(pid)
+        assert nice == 7
+        assert group in ("7", None)
+        assert scheduling_of(os.getpid()) == own  # workerd itself is left as it was
+    finally:
+        await eng.cleanup()
 
 
 async def test_gives_up_after_restart_max(fake_vllm: tuple[Path, Path]) -> None:

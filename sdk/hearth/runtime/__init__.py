@@ -16,7 +16,7 @@ from hearth.runtime.logs import setup_logging
 from hearth.runtime.metrics import ServiceMetrics
 from hearth.runtime.redaction import redact
 from hearth.runtime.server import ServiceHost, serve
-from hearth.runtime.settings import ModelConfig, ServiceSettings, load_settings
+from hearth.runtime.settings import ModelConfig, RoleConfig, ServiceSettings, load_settings
 from hearth.runtime.tracing import JOB_ID_ATTRIBUTE, Telemetry, current_trace_id
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "HeartbeatSubscription",
     "ModelConfig",
     "NatsBus",
+    "RoleConfig",
     "ServiceHost",
     "ServiceMetrics",
     "ServiceSettings",

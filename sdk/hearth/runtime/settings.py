@@ -102,6 +102,59 @@ class ModelConfig(BaseModel):
         return False
 
 
+#: The context tiers a role's context policy may name, in bundle order.
+CONTEXT_TIERS = ("index", "required", "sibling", "memory", "pinned")
+
+
+class RoleContextPolicy(BaseModel):
+    """What context a role's tasks get: how much, and from which tiers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens of context of the role's tasks that set no budget of their own; 0: the "
+        "orchestrator's default (task_context_tokens).",
+    )
+    tiers: list[str] = Field(
+        default_factory=lambda: list(CONTEXT_TIERS),
+        description="The bundle tiers the role's tasks draw on: index, required (outputs of required "
+        "tasks and handoffs), sibling, memory, pinned. Candidates of other tiers are left out.",
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _known_tiers(cls, tiers: list[str]) -> list[str]:
+        unknown = [t for t in tiers if t not in CONTEXT_TIERS]
+        if unknown:
+            raise ValueError(f"unknown tiers {', '.join(unknown)}; known: {', '.join(CONTEXT_TIERS)}")
+        return tiers
+
+
+class RoleConfig(BaseModel):
+    """An agent role (manager, coder, tester, researcher, writer, or one of your own) in the models
+    file's ``roles:``: its default model chain, system prompt, context policy and tool permissions.
+    The short form of an entry, a list of model names, is a role with only a chain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="The role's default model chain, best first (the router's role map); empty: the "
+        "models whose `roles` name it, then the default role's.",
+    )
+    description: str = Field(default="", description="What the role does, for people and the manager.")
+    system_prompt: str = Field(
+        default="", description="The system message of every job of the role's tasks; empty: none."
+    )
+    context: RoleContextPolicy = Field(default_factory=RoleContextPolicy)
+    tools: list[str] | None = Field(
+        default=None,
+        description="Names of the tools the role's jobs may offer; unset: any tool, []: none.",
+    )
+
+
 def _is_local_url(url: str) -> bool:
     """Loopback, private and single-label hosts are this machine or its LAN."""
     host = urlsplit(url).hostname or ""
@@ -144,6 +197,20 @@ class ServiceSettings(BaseSettings):
     roles: dict[str, list[str]] = Field(
         default_factory=dict, description="Role -> ordered model names (read from models_file)."
     )
+    role_profiles: dict[str, RoleConfig] = Field(
+        default_factory=dict,
+        description="Role -> its system prompt, context policy and tool permissions (the long form of "
+        "the models file's `roles:` entries; their `models` also go to `roles`).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_role_profiles(cls, data: Any) -> Any:
+        """``roles:`` given inline may use the long form too: its mappings become profiles."""
+        if not isinstance(data, dict) or not isinstance(data.get("roles"), dict):
+            return data
+        chains, profiles = split_roles(data["roles"])
+        return {**data, "roles": chains, "role_profiles": {**(data.get("role_profiles") or {}), **profiles}}
 
     @model_validator(mode="after")
     def _read_models_file(self) -> ServiceSettings:
@@ -152,13 +219,14 @@ class ServiceSettings(BaseSettings):
         path = self.models_file
         if not path.is_absolute() and self.config_file is not None:
             path = self.config_file.parent / path
-        models, roles = read_models_file(path, known=[m.name for m in self.models])
+        models, roles, profiles = read_models_file_with_profiles(path, known=[m.name for m in self.models])
         names = [m.name for m in self.models] + [m.name for m in models]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"models_file {path}: names must be unique; repeated: {', '.join(repeated)}")
         self.models = [*self.models, *models]
         self.roles = {**self.roles, **roles}
+        self.role_profiles = {**self.role_profiles, **profiles}
         return self
 
     @field_validator("log_level")
@@ -202,15 +270,65 @@ class _ModelsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelConfig] = Field(default_factory=list)
-    roles: dict[str, list[str]] = Field(default_factory=dict)
+    roles: dict[str, list[str] | RoleConfig] = Field(default_factory=dict)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _role_entries(cls, roles: Any) -> Any:
+        """A list is a chain, a mapping the long form; validated one by one so that an error names
+        the role and the field rather than both members of the union."""
+        if not isinstance(roles, dict):
+            return roles
+        parsed: dict[str, list[str] | RoleConfig] = {}
+        for role, entry in roles.items():
+            if isinstance(entry, dict):
+                try:
+                    parsed[role] = RoleConfig.model_validate(entry)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"roles.{role}.{where}: {first['msg']}") from None
+            elif isinstance(entry, list) and all(isinstance(name, str) for name in entry):
+                parsed[role] = entry
+            else:
+                raise ValueError(f"roles.{role}: must be a list of model names or a mapping (models, ...)")
+        return parsed
+
+
+def split_roles(
+    roles: dict[str, Any],
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """``roles:`` entries as (role -> model chain, role -> long-form profile): a list is a chain
+    alone; a mapping (or a RoleConfig) is a profile whose ``models`` are the chain."""
+    chains: dict[str, list[str]] = {}
+    profiles: dict[str, Any] = {}
+    for role, entry in roles.items():
+        if isinstance(entry, RoleConfig):
+            chains[role] = list(entry.models)
+            profiles[role] = entry
+        elif isinstance(entry, dict):
+            chains[role] = list(entry.get("models") or [])
+            profiles[role] = entry
+        else:
+            chains[role] = entry
+    return chains, profiles
 
 
 def read_models_file(
     path: Path, known: list[str] | tuple[str, ...] = ()
 ) -> tuple[list[ModelConfig], dict[str, list[str]]]:
-    """The ``models:`` and ``roles:`` of a models.yaml. ValueError naming the file, the entry and
-    the field when it cannot be read or is invalid (a role naming a model that is neither in the
-    file nor in ``known`` included)."""
+    """The ``models:`` and ``roles:`` (each role's model chain) of a models.yaml. ValueError naming
+    the file, the entry and the field when it cannot be read or is invalid (a role naming a model
+    that is neither in the file nor in ``known`` included)."""
+    models, roles, _ = read_models_file_with_profiles(path, known)
+    return models, roles
+
+
+def read_models_file_with_profiles(
+    path: Path, known: list[str] | tuple[str, ...] = ()
+) -> tuple[list[ModelConfig], dict[str, list[str]], dict[str, RoleConfig]]:
+    """:func:`read_models_file`, and the roles given in the long form (system prompt, context
+    policy, tool permissions) as :class:`RoleConfig`."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as err:
@@ -234,11 +352,12 @@ def read_models_file(
             problems.append(f"{where}: {problem['msg']}")
         raise ValueError(f"models_file {path}: " + "; ".join(problems)) from None
     names = {m.name for m in parsed.models} | set(known)
-    for role, listed in parsed.roles.items():
+    chains, profiles = split_roles(dict(parsed.roles))
+    for role, listed in chains.items():
         unknown = [n for n in listed if n not in names]
         if unknown:
             raise ValueError(f"models_file {path}: roles.{role}: unknown models {', '.join(unknown)}")
-    return parsed.models, parsed.roles
+    return parsed.models, chains, profiles
 
 
 class _DictSource(PydanticBaseSettingsSource):

@@ -16,6 +16,11 @@ JOB_CANCEL = "hearth.jobs.cancel"
 JOB_EVENT = "hearth.events.job.{kind}"
 JOB_EVENT_ALL = "hearth.events.job.>"
 
+#: Copies of work events (tasks, links, notes, plans, runs; a tasks.v1.WorkEvent):
+#: ``hearth.events.work.<kind>`` (``hearth.events.work.task.created``). PostgreSQL holds the log.
+WORK_EVENT = "hearth.events.work.{kind}"
+WORK_EVENT_ALL = "hearth.events.work.>"
+
 #: The JetStream stream that keeps job lifecycle events replayable.
 EVENTS_STREAM = "HEARTH_EVENTS"
 EVENTS_STREAM_SUBJECTS = ("hearth.events.>",)
@@ -27,3 +32,7 @@ def worker_heartbeat(worker_id: str) -> str:
 
 def job_event(kind: str) -> str:
     return JOB_EVENT.format(kind=kind)
+
+
+def work_event(kind: str) -> str:
+    return WORK_EVENT.format(kind=kind)

@@ -25,11 +25,14 @@ from hearth.api.orchestrator.v1 import orchestrator_pb2_grpc
 from hearth.api.tasks.v1 import tasks_pb2_grpc
 from hearth.runtime import ServiceHost, load_settings, open_channel, serve
 from orchestratord.adapters.embeddings import GrpcEmbeddings
+from orchestratord.adapters.handoffs import MemorydHandoffs
 from orchestratord.adapters.metrics import OrchestratorMetrics
 from orchestratord.adapters.migrate import upgrade_database
 from orchestratord.adapters.model_facts import ConfiguredModels
 from orchestratord.adapters.nats_events import NatsEventPublisher
 from orchestratord.adapters.postgres import PostgresJobStore, create_engine
+from orchestratord.adapters.responses_store import PostgresResponseStore
+from orchestratord.adapters.role_routes import GrpcRoleRoutes
 from orchestratord.adapters.services import (
     GrpcMemory,
     GrpcPool,
@@ -39,6 +42,7 @@ from orchestratord.adapters.services import (
     open_worker_channel,
 )
 from orchestratord.adapters.task_store import PostgresTaskStore
+from orchestratord.adapters.work_events import WorkEventRelay
 from orchestratord.api.openai_http import (
     ApiKeys,
     ApiKeysError,
@@ -56,8 +60,10 @@ from orchestratord.api.tasks_servicer import TaskServicer
 from orchestratord.config import Settings
 from orchestratord.domain.active import ActiveJobs
 from orchestratord.domain.dispatcher import Dispatcher, DispatchSettings
+from orchestratord.domain.events import WorkEvent
 from orchestratord.domain.jobs import ActiveJob, JobEvent
 from orchestratord.domain.journal import EventJournal
+from orchestratord.domain.planning import PlanLimits, PlanService
 from orchestratord.domain.queue import JobQueue
 from orchestratord.domain.service import JobService
 from orchestratord.domain.validation import SubmitLimits
@@ -134,6 +140,7 @@ async def run(settings: Settings) -> None:
     )
     active = ActiveJobs(JobQueue(settings.max_queued), journal, metrics)
     router = GrpcRouter(router_channel)
+    roles = settings.role_book()
     priced = frozenset(m.name for m in settings.models if m.price_input_per_1k or m.price_output_per_1k)
     dispatcher = Dispatcher(
         active,
@@ -167,6 +174,7 @@ async def run(settings: Settings) -> None:
         # The submit-time estimate counts about four characters per token.
         context_budget_tokens=settings.memory_context_tokens,
         dispatcher=dispatcher,
+        roles=roles,
     )
     try:
         await jobs.recover()
@@ -179,19 +187,44 @@ async def run(settings: Settings) -> None:
         OrchestratorServicer(jobs),
         SERVICE_NAME,
     )
+    # The work event log's copies: the store wakes the relay after each commit.
+    relay: WorkEventRelay | None = None
+
+    def work_committed(events: list[WorkEvent]) -> None:
+        if relay is not None:
+            relay.committed(events)
+
+    task_store = PostgresTaskStore(engine, on_committed=work_committed)
+    relay = WorkEventRelay(task_store, host.bus)
+    models = ConfiguredModels(settings.models, settings.roles)
     work = WorkService(
-        PostgresTaskStore(engine),
+        task_store,
         jobs,
         GrpcMemory(memory_channel) if memory_channel is not None else None,
-        ConfiguredModels(settings.models, settings.roles),
+        models,
         WorkLimits(
             default_context_budget=settings.task_context_tokens,
             default_parallelism=settings.task_parallelism,
             max_tokens=settings.task_max_tokens,
             memory_top_k=settings.memory_context_top_k,
+            escalate=settings.task_escalation,
+            handoffs=settings.task_handoffs,
+            handoff_time_limit=settings.handoff_timeout_seconds,
         ),
+        roles=roles,
+        handoffs=MemorydHandoffs(memory_channel) if memory_channel is not None else None,
+        role_routes=GrpcRoleRoutes(router_channel),
     )
-    host.add_service(tasks_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(work), TASKS_SERVICE_NAME)
+    plans = PlanService(
+        task_store,
+        jobs,
+        work,
+        models,
+        PlanLimits(max_tokens=settings.plan_max_tokens, default_attempts=settings.plan_attempts),
+    )
+    host.add_service(
+        tasks_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer(work, plans), TASKS_SERVICE_NAME
+    )
 
     http: HttpApi | None = None
     if settings.http_listen:
@@ -205,6 +238,8 @@ async def run(settings: Settings) -> None:
             tracer=telemetry.tracer,
             metrics=HttpMetrics(host.metrics),
             max_request_bytes=settings.http_max_request_bytes,
+            # /v1/responses keeps stored responses next to the jobs.
+            stored_responses=PostgresResponseStore(engine),
         )
         http = HttpApi(app, settings.http_listen, in_flight, grace_seconds=settings.shutdown_grace_seconds)
         try:
@@ -224,6 +259,7 @@ async def run(settings: Settings) -> None:
     host.on_cleanup(engine.dispose)
     host.on_cleanup(close_clients)
     host.on_cleanup(publisher.stop)
+    host.on_cleanup(relay.stop)
     host.on_cleanup(journal.stop)
     host.on_cleanup(active.stop)
     host.on_cleanup(dispatcher.stop)
@@ -234,6 +270,7 @@ async def run(settings: Settings) -> None:
     async def started() -> None:
         journal.start()
         publisher.start()
+        relay.start()
         dispatcher.start()
         if http is not None:
             await http.start()

@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from hearth.runtime import ServiceSettings
+from orchestratord.domain.roles import RoleBook, RoleSettings
 
 _ASYNCPG_SCHEME = "postgresql+asyncpg://"
 
@@ -67,6 +68,27 @@ class Settings(ServiceSettings):
         default=4, gt=0, description="Tasks a project run starts at once when the request says 0."
     )
     task_max_tokens: int = Field(default=512, gt=0, description="max_tokens of a task run's job.")
+    task_escalation: bool = Field(
+        default=True,
+        description="Retry a task run that failed on a local model once on the next target of its role's "
+        "chain (the run record says so).",
+    )
+    task_handoffs: bool = Field(
+        default=True,
+        description="When a task requires the work of another role, put memoryd's handoff summary of it in "
+        "the task's bundle (two summary jobs per handoff, made once).",
+    )
+    handoff_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Longest a handoff summary may take before the run goes without it."
+    )
+    plan_max_tokens: int = Field(default=2048, gt=0, description="max_tokens of a manager's plan job.")
+    plan_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="Jobs a plan proposal makes at most (an invalid plan is sent back with its errors) "
+        "when the request says 0.",
+    )
     run_migrations: bool = Field(default=True, description="Bring the database schema up to date at start.")
     journal_flush_seconds: float = Field(
         default=0.02,
@@ -95,6 +117,23 @@ class Settings(ServiceSettings):
     http_max_request_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="Largest HTTP API request body, in bytes; larger: 413."
     )
+
+    def role_book(self) -> RoleBook:
+        """The agent roles: the built-in ones with the models file's ``roles:`` over them."""
+        given = {}
+        for name, config in self.role_profiles.items():
+            fields = config.model_fields_set
+            context = config.context.model_fields_set if "context" in fields else set()
+            given[name] = RoleSettings(
+                models=tuple(config.models),
+                description=config.description if "description" in fields else None,
+                system_prompt=config.system_prompt if "system_prompt" in fields else None,
+                context_budget=config.context.budget if "budget" in context else None,
+                tiers=tuple(config.context.tiers) if "tiers" in context else None,
+                tools=tuple(config.tools) if config.tools is not None else None,
+                tools_given="tools" in fields and config.tools is not None,
+            )
+        return RoleBook.of(self.roles, given)
 
     @field_validator("database_url")
     @classmethod

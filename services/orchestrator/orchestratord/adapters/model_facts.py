@@ -65,6 +65,14 @@ class ConfiguredModels:
                 return self._facts[name]
         return None
 
+    def chain(self, role: str) -> list[str]:
+        """The configured models of ``role``, best first (then the default role's)."""
+        chain = list(self._chains.get(role or self._default_role, ()))
+        for name in self._chains.get(self._default_role, ()):
+            if name not in chain:
+                chain.append(name)
+        return chain
+
     def counter(self, facts: ModelFacts | None) -> TokenCount:
         if facts is None:
             return estimate_counter()
@@ -81,6 +89,7 @@ def _facts_of(model: ModelConfig) -> ModelFacts:
         price_input_per_1k=model.price_input_per_1k,
         price_output_per_1k=model.price_output_per_1k,
         weights_digest=_weights_digest(model.path),
+        remote=model.is_remote(),
     )
 
 

@@ -1,5 +1,5 @@
 """The orchestrator's tables, as SQLAlchemy Core. The migrations (0001 to
-0003) create exactly these; a change here needs a new migration. Text a
+0004) create exactly these; a change here needs a new migration. Text a
 model or a caller can fill is :class:`StorableText` (PostgreSQL refuses NUL)."""
 
 from __future__ import annotations
@@ -207,6 +207,106 @@ task_runs = Table(
     Column("started_at", TIMESTAMP(timezone=True), nullable=False),
     Column("ended_at", TIMESTAMP(timezone=True), nullable=True),
     Column("started_by", StorableText, nullable=False, server_default=""),
+    # 0004: the role and system prompt it ran with, an escalation, the time to first token.
+    Column("role", Text, nullable=False, server_default=""),
+    Column("system_prompt", StorableText, nullable=False, server_default=""),
+    Column("escalated_from", BigInteger, ForeignKey("task_runs.id"), nullable=True),
+    Column("escalation", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("time_to_first_token_seconds", Double, nullable=True),
     Index("task_runs_task_id_idx", "task_id", text("id DESC")),
     Index("task_runs_project_id_idx", "project_id", text("id DESC")),
+    Index("task_runs_started_at_idx", "started_at"),
+)
+
+#: A plan: a goal broken into tasks by the manager role; a draft until a
+#: person approves (its tasks are then created) or rejects it.
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", Text, ForeignKey("projects.id"), nullable=False),
+    Column("goal", StorableText, nullable=False),
+    Column("status", Text, nullable=False),
+    # {"summary": str, "tasks": [{key, name, role, prompt, requires, priority, produces_index}]}.
+    Column("draft", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("revision", Integer, nullable=False, server_default=text("0")),
+    Column("reason", StorableText, nullable=False, server_default=""),
+    Column("model", Text, nullable=False, server_default=""),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("created_by", StorableText, nullable=False, server_default=""),
+    Column("updated_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("updated_by", StorableText, nullable=False, server_default=""),
+    Column("decided_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("decided_by", StorableText, nullable=False, server_default=""),
+    # key -> task id, once approved.
+    Column("task_ids", JSONB, nullable=False, server_default=_EMPTY_OBJECT),
+    Column("index_task_id", BigInteger, ForeignKey("tasks.id"), nullable=True),
+    Index("plans_project_id_idx", "project_id", text("id DESC")),
+)
+
+#: Each job of a plan's proposal and what came of it.
+plan_attempts = Table(
+    "plan_attempts",
+    metadata,
+    Column("plan_id", BigInteger, ForeignKey("plans.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    # valid, invalid or failed.
+    Column("status", Text, nullable=False),
+    Column("job_id", UUID(as_uuid=False), nullable=True),
+    Column("model", Text, nullable=False, server_default=""),
+    Column("engine", Text, nullable=False, server_default=""),
+    Column("role", Text, nullable=False, server_default=""),
+    Column("output", StorableText, nullable=False, server_default=""),
+    Column("errors", JSONB, nullable=False, server_default=_EMPTY_ARRAY),
+    Column("input_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("output_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cost", Double, nullable=False, server_default=text("0")),
+    Column("time_to_first_token_seconds", Double, nullable=True),
+    Column("started_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("ended_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("agent", StorableText, nullable=False, server_default=""),
+)
+
+#: The work event log: every change of the tables above (but snapshots), in
+#: commit order, numbered without gaps; ``data`` is the entity's row after it.
+work_events = Table(
+    "work_events",
+    metadata,
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", TIMESTAMP(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("entity", Text, nullable=False),
+    Column("project_id", Text, nullable=False, server_default=""),
+    Column("task_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("plan_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("run_id", BigInteger, nullable=False, server_default=text("0")),
+    Column("agent", StorableText, nullable=False, server_default=""),
+    Column("data", JSONB, nullable=False),
+    Index("work_events_project_idx", "project_id", "sequence"),
+)
+
+#: The last sequence number of the work event log, in one row (id 1): a
+#: write takes its numbers with one UPDATE, whose row lock holds the next
+#: writer until it commits, so numbers follow commit order without gaps.
+work_event_sequence = Table(
+    "work_event_sequence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last", BigInteger, nullable=False),
+)
+
+#: Stored responses of the OpenAI Responses API: the conversation so far
+#: (Hearth's messages, [{role, content, tool_calls, ...}]) and the response
+#: object as returned. Read only under the project that stored them.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("project_id", StorableText, nullable=False, server_default=""),
+    Column("job_id", UUID(as_uuid=False), nullable=False),
+    Column("previous_response_id", StorableText, nullable=False, server_default=""),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("messages", JSONB, nullable=False),
+    Column("body", JSONB, nullable=False),
+    Index("responses_project_id_idx", "project_id", "created_at"),
 )

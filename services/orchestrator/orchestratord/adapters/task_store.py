@@ -1,8 +1,15 @@
 """The task store on Postgres: projects, tasks, links, notes, context
-overrides, snapshots and runs, as SQLAlchemy Core statements over asyncpg.
+overrides, snapshots, runs, plans and the work event log, as SQLAlchemy Core
+statements over asyncpg.
 
-Single statements run in autocommit; a write of several statements is one
-transaction. Times are epoch seconds in the domain and timestamptz here.
+Reads are single statements in autocommit. Every write is one transaction
+that also appends its work events (:mod:`orchestratord.domain.events`): the
+entity's row after the change, read back in the same transaction, numbered
+from the one-row ``work_event_sequence`` counter, whose row lock holds the
+next writer until this one commits, so numbers follow commit order without
+gaps (a reader of ``--since N`` never misses a later-committed lower
+number). Once a write has committed, ``on_committed`` gets its events (the
+NATS relay's cue). Times are epoch seconds in the domain and timestamptz here.
 Empty values of the domain map to NULL where a column is a reference: a
 run's ``job_id`` "" (the column is a uuid, so a job id must be a UUID
 string), ``rerun_of`` 0 and ``context_hash`` "".
@@ -17,40 +24,56 @@ values as they are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
+    Float,
     Row,
     Select,
+    String,
+    Table,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
+    literal,
     null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hearth.chat import ChatMessage
 from hearth.errors import NotFound
 from orchestratord.adapters.schema import (
     context_overrides,
     context_snapshots,
+    plan_attempts,
+    plans,
     projects,
     task_links,
     task_notes,
     task_runs,
     tasks,
+    work_event_sequence,
+    work_events,
 )
 from orchestratord.adapters.storable import StorableText
+from orchestratord.domain.events import ENTITY_KEYS, NewEvent, WorkEvent, WorkViews, entity_key
+from orchestratord.domain.plans import AttemptStatus, Plan, PlanAttempt, PlanDraft, PlanStatus
+from orchestratord.domain.stats import Grouping, StatsQuery, StatsReport, StatsRow
 from orchestratord.domain.tasks import (
     ContextOverride,
     ContextSnapshot,
@@ -221,6 +244,7 @@ _FINISHED_RUN_COLUMNS = (
     "end_reason",
     "end_message",
     "ended_at",
+    "time_to_first_token_seconds",
 )
 
 
@@ -240,6 +264,7 @@ def _finished_run_values(run: TaskRun) -> dict[str, Any]:
         "end_reason": run.end_reason,
         "end_message": run.end_message,
         "ended_at": _maybe_ts(run.ended_at),
+        "time_to_first_token_seconds": run.time_to_first_token,
     }
 
 
@@ -253,6 +278,10 @@ def _run_values(run: TaskRun) -> dict[str, Any]:
         "sampling": dict(run.sampling),
         "started_at": _ts(run.started_at),
         "started_by": run.started_by,
+        "role": run.role,
+        "system_prompt": run.system_prompt,
+        "escalated_from": run.escalated_from or None,
+        "escalation": dict(run.escalation),
     }
 
 
@@ -279,12 +308,20 @@ def _run(row: Row[Any]) -> TaskRun:
         started_at=row.started_at.timestamp(),
         ended_at=_epoch(row.ended_at),
         started_by=row.started_by,
+        role=row.role,
+        system_prompt=row.system_prompt,
+        escalated_from=row.escalated_from or 0,
+        escalation=dict(row.escalation),
+        time_to_first_token=row.time_to_first_token_seconds,
     )
 
 
 # --- statements, built once; SQLAlchemy caches their compiled form ------------
 
-_INSERT_PROJECT = pg_insert(projects).on_conflict_do_nothing(index_elements=[projects.c.id])
+_INSERT_PROJECT = (
+    pg_insert(projects).on_conflict_do_nothing(index_elements=[projects.c.id]).returning(*projects.c)
+)
+_PROJECT_ROW = select(projects).where(projects.c.id == bindparam("project_id"))
 _UPSERT_PROJECT = pg_insert(projects)
 _SET_PROJECT_INDEX = _UPSERT_PROJECT.on_conflict_do_update(
     index_elements=[projects.c.id],
@@ -339,7 +376,7 @@ _INSERT_NOTE = task_notes.insert().returning(*task_notes.c)
 _LIST_NOTES = select(task_notes).where(task_notes.c.task_id == bindparam("task_id")).order_by(task_notes.c.id)
 _LINK_KEY = (task_links.c.from_task, task_links.c.to_task, task_links.c.kind)
 _INSERT_LINK = (
-    pg_insert(task_links).on_conflict_do_nothing(index_elements=list(_LINK_KEY)).returning(task_links.c.kind)
+    pg_insert(task_links).on_conflict_do_nothing(index_elements=list(_LINK_KEY)).returning(*task_links.c)
 )
 _DELETE_LINK = (
     delete(task_links)
@@ -348,7 +385,7 @@ _DELETE_LINK = (
         task_links.c.to_task == bindparam("to_task"),
         task_links.c.kind == bindparam("kind"),
     )
-    .returning(task_links.c.kind)
+    .returning(*task_links.c)
 )
 _TASK_LINKS = (
     select(task_links)
@@ -367,7 +404,7 @@ _UPSERT_OVERRIDE = pg_insert(context_overrides)
 _SET_OVERRIDE = _UPSERT_OVERRIDE.on_conflict_do_update(
     index_elements=[context_overrides.c.task_id],
     set_={name: _UPSERT_OVERRIDE.excluded[name] for name in ("pins", "excludes", "set_by", "set_at")},
-)
+).returning(*context_overrides.c)
 _GET_OVERRIDE = select(context_overrides).where(context_overrides.c.task_id == bindparam("task_id"))
 _PUT_SNAPSHOT = (
     pg_insert(context_snapshots)
@@ -380,7 +417,7 @@ _FINISH_RUN = (
     update(task_runs)
     .where(task_runs.c.id == bindparam("b_id"))
     .values({name: bindparam(f"b_{name}", type_=task_runs.c[name].type) for name in _FINISHED_RUN_COLUMNS})
-    .returning(task_runs.c.id)
+    .returning(*task_runs.c)
 )
 #: The same update for many runs (executemany takes no RETURNING).
 _FINISH_RUN_MANY = (
@@ -401,6 +438,15 @@ _LATEST_OUTPUTS = (
     select(task_runs.c.task_id, tasks.c.name, task_runs.c.output)
     .distinct(task_runs.c.task_id)
     .join(tasks, tasks.c.id == task_runs.c.task_id)
+    .where(task_runs.c.task_id.in_(bindparam("task_ids", expanding=True)), task_runs.c.status == "done")
+    .order_by(task_runs.c.task_id, task_runs.c.id.desc())
+)
+
+
+#: The latest successful run of each task.
+_LATEST_DONE_RUNS = (
+    select(task_runs)
+    .distinct(task_runs.c.task_id)
     .where(task_runs.c.task_id.in_(bindparam("task_ids", expanding=True)), task_runs.c.status == "done")
     .order_by(task_runs.c.task_id, task_runs.c.id.desc())
 )
@@ -442,6 +488,333 @@ def _list_runs(project_id: str, task_id: int, limit: int) -> Select[Any]:
     return query
 
 
+# --- plans -----------------------------------------------------------------
+
+
+def _plan_values(plan: Plan) -> dict[str, Any]:
+    return {
+        "project_id": plan.project_id,
+        "goal": plan.goal,
+        "status": plan.status.value,
+        "draft": plan.draft.to_json(),
+        "revision": plan.revision,
+        "reason": plan.reason,
+        "model": plan.model,
+        "created_at": _ts(plan.created_at),
+        "created_by": plan.created_by,
+        "updated_at": _ts(plan.updated_at),
+        "updated_by": plan.updated_by,
+        "decided_at": _maybe_ts(plan.decided_at),
+        "decided_by": plan.decided_by,
+        "task_ids": {key: task_id for key, task_id in plan.task_ids.items()},
+        "index_task_id": plan.index_task_id or None,
+    }
+
+
+def _plan(row: Row[Any], attempts: Sequence[PlanAttempt] = ()) -> Plan:
+    return Plan(
+        plan_id=row.id,
+        project_id=row.project_id,
+        goal=row.goal,
+        status=PlanStatus(row.status),
+        draft=PlanDraft.from_json(row.draft or {}),
+        revision=row.revision,
+        reason=row.reason,
+        model=row.model,
+        created_at=row.created_at.timestamp(),
+        created_by=row.created_by,
+        updated_at=row.updated_at.timestamp(),
+        updated_by=row.updated_by,
+        decided_at=_epoch(row.decided_at),
+        decided_by=row.decided_by,
+        task_ids={str(k): int(v) for k, v in (row.task_ids or {}).items()},
+        index_task_id=row.index_task_id or 0,
+        attempts=tuple(attempts),
+    )
+
+
+def _attempt_values(attempt: PlanAttempt) -> dict[str, Any]:
+    return {
+        "plan_id": attempt.plan_id,
+        "attempt": attempt.attempt,
+        "status": attempt.status.value,
+        "job_id": attempt.job_id or None,
+        "model": attempt.model,
+        "engine": attempt.engine,
+        "role": attempt.role,
+        "output": attempt.output,
+        "errors": list(attempt.errors),
+        "input_tokens": attempt.input_tokens,
+        "output_tokens": attempt.output_tokens,
+        "cost": attempt.cost,
+        "time_to_first_token_seconds": attempt.time_to_first_token,
+        "started_at": _ts(attempt.started_at),
+        "ended_at": _maybe_ts(attempt.ended_at),
+        "agent": attempt.agent,
+    }
+
+
+def _attempt(row: Row[Any]) -> PlanAttempt:
+    return PlanAttempt(
+        plan_id=row.plan_id,
+        attempt=row.attempt,
+        status=AttemptStatus(row.status),
+        job_id=row.job_id or "",
+        model=row.model,
+        engine=row.engine,
+        role=row.role,
+        output=row.output,
+        errors=tuple(str(e) for e in row.errors or ()),
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cost=row.cost,
+        time_to_first_token=row.time_to_first_token_seconds,
+        started_at=row.started_at.timestamp(),
+        ended_at=_epoch(row.ended_at),
+        agent=row.agent,
+    )
+
+
+_INSERT_PLAN = plans.insert().returning(*plans.c)
+_GET_PLAN = select(plans).where(plans.c.id == bindparam("plan_id"))
+_PLAN_COLUMNS = tuple(c.name for c in plans.c if c.name != "id")
+_UPDATE_PLAN = (
+    update(plans)
+    .where(plans.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}", type_=plans.c[name].type) for name in _PLAN_COLUMNS})
+    .returning(*plans.c)
+)
+_INSERT_ATTEMPT = plan_attempts.insert().returning(*plan_attempts.c)
+_ATTEMPTS_OF = (
+    select(plan_attempts)
+    .where(plan_attempts.c.plan_id.in_(bindparam("plan_ids", expanding=True)))
+    .order_by(plan_attempts.c.plan_id, plan_attempts.c.attempt)
+)
+
+
+# --- the event log ---------------------------------------------------------
+
+#: Takes n numbers: the row lock holds the next writer until this one commits.
+_TAKE_SEQUENCES = (
+    update(work_event_sequence)
+    .where(work_event_sequence.c.id == 1)
+    .values(last=work_event_sequence.c.last + bindparam("n"))
+    .returning(work_event_sequence.c.last)
+)
+_LAST_SEQUENCE = select(work_event_sequence.c.last).where(work_event_sequence.c.id == 1)
+#: The status change of one task, with the row after it.
+_SET_STATUS_RETURNING = _SET_STATUS.returning(*tasks.c)
+_TASK_ROWS = select(tasks).where(tasks.c.id.in_(bindparam("ids", expanding=True))).order_by(tasks.c.id)
+_RUN_ROWS = (
+    select(task_runs).where(task_runs.c.id.in_(bindparam("ids", expanding=True))).order_by(task_runs.c.id)
+)
+_TASK_PROJECT = select(tasks.c.project_id).where(tasks.c.id == bindparam("task_id"))
+
+
+def json_value(value: Any) -> Any:
+    """A column value as the event log's JSON holds it: timestamps as RFC 3339
+    in UTC with microseconds, the rest as JSON has it."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def row_json(row: Row[Any]) -> dict[str, Any]:
+    """A row as an event's ``data``: every column by name."""
+    return {name: json_value(value) for name, value in row._mapping.items()}
+
+
+def _event(kind: str, entity: str, row: Row[Any], agent: str, **refs: Any) -> NewEvent:
+    data = row_json(row)
+    return NewEvent(kind, entity, data, agent=agent, **refs)
+
+
+def _task_event(kind: str, row: Row[Any], agent: str) -> NewEvent:
+    return _event(kind, "task", row, agent, project_id=row.project_id, task_id=row.id)
+
+
+def _run_event(kind: str, row: Row[Any], agent: str) -> NewEvent:
+    return _event(kind, "run", row, agent, project_id=row.project_id, task_id=row.task_id, run_id=row.id)
+
+
+def _plan_event(kind: str, row: Row[Any], agent: str) -> NewEvent:
+    return _event(kind, "plan", row, agent, project_id=row.project_id, plan_id=row.id)
+
+
+async def _append(conn: AsyncConnection, events: Sequence[NewEvent], at: datetime) -> list[WorkEvent]:
+    """Number and insert ``events`` at the end of the log, in this transaction.
+    The sequence row stays locked until the transaction ends, so numbers
+    follow commit order (and a rollback gives them back: no gaps)."""
+    if not events:
+        return []
+    taken = int((await conn.execute(_TAKE_SEQUENCES, {"n": len(events)})).scalar_one())
+    last = taken - len(events)
+    written = [
+        WorkEvent(
+            sequence=last + offset,
+            at=at.timestamp(),
+            kind=event.kind,
+            entity=event.entity,
+            data=event.data,
+            project_id=event.project_id,
+            task_id=event.task_id,
+            plan_id=event.plan_id,
+            run_id=event.run_id,
+            agent=event.agent,
+        )
+        for offset, event in enumerate(events, start=1)
+    ]
+    await conn.execute(
+        work_events.insert(),
+        [
+            {
+                "sequence": e.sequence,
+                "at": at,
+                "kind": e.kind,
+                "entity": e.entity,
+                "project_id": e.project_id,
+                "task_id": e.task_id,
+                "plan_id": e.plan_id,
+                "run_id": e.run_id,
+                "agent": e.agent,
+                "data": dict(e.data),
+            }
+            for e in written
+        ],
+    )
+    return written
+
+
+def _work_event(row: Row[Any]) -> WorkEvent:
+    return WorkEvent(
+        sequence=row.sequence,
+        at=row.at.timestamp(),
+        kind=row.kind,
+        entity=row.entity,
+        data=dict(row.data),
+        project_id=row.project_id,
+        task_id=row.task_id,
+        plan_id=row.plan_id,
+        run_id=row.run_id,
+        agent=row.agent,
+    )
+
+
+#: The table of each entity, for :meth:`PostgresTaskStore.read_views`.
+VIEW_TABLES: dict[str, Table] = {
+    "project": projects,
+    "task": tasks,
+    "note": task_notes,
+    "link": task_links,
+    "override": context_overrides,
+    "run": task_runs,
+    "plan": plans,
+    "plan_attempt": plan_attempts,
+}
+assert set(VIEW_TABLES) == set(ENTITY_KEYS)
+
+
+# --- stats -------------------------------------------------------------------
+
+
+def _usage(query: StatsQuery) -> Any:
+    """Ended task runs and plan attempts as (project_id, agent, role, model,
+    started_at, failed, tokens, cost, ttft): never a prompt or an output."""
+    runs = select(
+        task_runs.c.project_id,
+        task_runs.c.started_by.label("agent"),
+        task_runs.c.role,
+        task_runs.c.model,
+        task_runs.c.started_at,
+        (task_runs.c.status == "failed").label("failed"),
+        task_runs.c.input_tokens,
+        task_runs.c.output_tokens,
+        task_runs.c.cost,
+        task_runs.c.time_to_first_token_seconds.label("ttft"),
+    ).where(task_runs.c.status != "running")
+    attempts = (
+        select(
+            plans.c.project_id,
+            plan_attempts.c.agent,
+            plan_attempts.c.role,
+            plan_attempts.c.model,
+            plan_attempts.c.started_at,
+            (plan_attempts.c.status == AttemptStatus.FAILED.value).label("failed"),
+            plan_attempts.c.input_tokens,
+            plan_attempts.c.output_tokens,
+            plan_attempts.c.cost,
+            plan_attempts.c.time_to_first_token_seconds.label("ttft"),
+        )
+        .join(plans, plans.c.id == plan_attempts.c.plan_id)
+        .where(plan_attempts.c.ended_at.is_not(None))
+    )
+    usage = union_all(runs, attempts).subquery("usage")
+    conditions: list[ColumnElement[bool]] = []
+    if query.project_id:
+        conditions.append(usage.c.project_id == query.project_id)
+    if query.agent:
+        conditions.append(usage.c.agent == query.agent)
+    if query.start is not None:
+        conditions.append(usage.c.started_at >= _ts(query.start))
+    if query.end is not None:
+        conditions.append(usage.c.started_at < _ts(query.end))
+    return usage, conditions
+
+
+def _group_key(usage: Any, grouping: Grouping) -> ColumnElement[str]:
+    utc = func.timezone("UTC", usage.c.started_at)
+    if grouping is Grouping.DAY:
+        return func.to_char(utc, "YYYY-MM-DD")
+    if grouping is Grouping.MONTH:
+        return func.to_char(utc, "YYYY-MM")
+    if grouping is Grouping.ROLE:
+        return func.coalesce(func.nullif(usage.c.role, ""), "(default)")
+    if grouping is Grouping.MODEL:
+        return func.coalesce(func.nullif(usage.c.model, ""), "(none)")
+    return cast(literal("all"), String)
+
+
+def _stats_select(query: StatsQuery, grouping: Grouping) -> Select[Any]:
+    usage, conditions = _usage(query)
+    key = _group_key(usage, grouping).label("key")
+    statement = select(
+        key,
+        func.count().label("jobs"),
+        func.coalesce(func.sum(case((usage.c.failed, 1), else_=0)), 0).label("failed"),
+        func.coalesce(func.sum(usage.c.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(usage.c.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(usage.c.cost), 0.0).label("cost"),
+        func.count(usage.c.ttft).label("timed_jobs"),
+        func.avg(usage.c.ttft).label("mean_ttft"),
+        cast(func.percentile_cont(0.95).within_group(usage.c.ttft), Float).label("p95_ttft"),
+    ).select_from(usage)
+    if conditions:
+        statement = statement.where(*conditions)
+    if grouping is not Grouping.NONE:
+        statement = statement.group_by(key).order_by(key)
+    return statement
+
+
+def _stats_row(row: Row[Any]) -> StatsRow:
+    return StatsRow(
+        key=row.key,
+        jobs=int(row.jobs),
+        failed=int(row.failed),
+        input_tokens=int(row.input_tokens),
+        output_tokens=int(row.output_tokens),
+        cost=float(row.cost),
+        timed_jobs=int(row.timed_jobs),
+        mean_time_to_first_token=None if row.mean_ttft is None else float(row.mean_ttft),
+        p95_time_to_first_token=None if row.p95_ttft is None else float(row.p95_ttft),
+    )
+
+
 class PostgresTaskStore:
     """:class:`orchestratord.domain.ports.TaskStore` on Postgres.
 
@@ -449,12 +822,23 @@ class PostgresTaskStore:
     (TASK_NOT_FOUND, RUN_NOT_FOUND) for an unknown id; writes that name a
     missing task, project or snapshot fail on the foreign key
     (:class:`sqlalchemy.exc.IntegrityError`): the domain checks first.
+
+    Args:
+        on_committed: called with the events of each write once it has
+            committed (in commit order); must not block or raise.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, on_committed: Callable[[list[WorkEvent]], None] | None = None
+    ) -> None:
         self._engine = engine
         # Single statements run without BEGIN/COMMIT round trips.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._on_committed = on_committed
+
+    def _committed(self, events: list[WorkEvent]) -> None:
+        if events and self._on_committed is not None:
+            self._on_committed(events)
 
     # --- projects
 
@@ -477,6 +861,11 @@ class PostgresTaskStore:
         async with self._engine.begin() as conn:
             await conn.execute(_SET_PROJECT_INDEX, values)
             rows = (await conn.execute(_GET_PROJECT, {"project_id": project_id})).all()
+            row = (await conn.execute(_PROJECT_ROW, {"project_id": project_id})).one()
+            events = await _append(
+                conn, [_event("project.index_set", "project", row, by, project_id=project_id)], when
+            )
+        self._committed(events)
         return _project(rows)
 
     # --- tasks
@@ -484,8 +873,18 @@ class PostgresTaskStore:
     async def create_task(self, task: Task) -> Task:
         project = {"id": task.project_id, "created_at": _ts(task.created_at), "created_by": task.created_by}
         async with self._engine.begin() as conn:
-            await conn.execute(_INSERT_PROJECT, project)
+            new_project = (await conn.execute(_INSERT_PROJECT, project)).first()
             row = (await conn.execute(_INSERT_TASK, _task_values(task))).one()
+            changes = []
+            if new_project is not None:
+                changes.append(
+                    _event(
+                        "project.created", "project", new_project, task.created_by, project_id=task.project_id
+                    )
+                )
+            changes.append(_task_event("task.created", row, task.created_by))
+            events = await _append(conn, changes, _ts(task.created_at))
+        self._committed(events)
         return _task(row)
 
     async def get_task(self, task_id: int) -> Task | None:
@@ -506,12 +905,18 @@ class PostgresTaskStore:
     async def update_task(self, task: Task) -> Task:
         params = _prefixed(_mutable_task_values(task))
         params["b_id"] = task.task_id
-        async with self._autocommit.connect() as conn:
+        async with self._engine.begin() as conn:
             row = (await conn.execute(_UPDATE_TASK, params)).first()
-        if row is None:
-            raise NotFound(
-                f"no task {task.task_id}", reason="TASK_NOT_FOUND", metadata={"task_id": str(task.task_id)}
+            if row is None:
+                raise NotFound(
+                    f"no task {task.task_id}",
+                    reason="TASK_NOT_FOUND",
+                    metadata={"task_id": str(task.task_id)},
+                )
+            events = await _append(
+                conn, [_task_event("task.updated", row, task.updated_by)], _ts(task.updated_at)
             )
+        self._committed(events)
         return _task(row)
 
     async def set_statuses(
@@ -525,13 +930,32 @@ class PostgresTaskStore:
         params = [_status_params(task_id, status, reason, at, by) for task_id, status, reason in changes]
         async with self._engine.begin() as conn:
             await conn.execute(_SET_STATUS, params)
+            events = await self._status_events(conn, [c[0] for c in changes], at, by)
+        self._committed(events)
+
+    async def _status_events(
+        self, conn: AsyncConnection, task_ids: Sequence[int], at: float, by: str, runs: Sequence[int] = ()
+    ) -> list[WorkEvent]:
+        """The events of runs that ended and tasks whose status was set, read back."""
+        changes: list[NewEvent] = []
+        if runs:
+            for row in await conn.execute(_RUN_ROWS, {"ids": list(runs)}):
+                changes.append(_run_event("run.ended", row, by))
+        if task_ids:
+            for row in await conn.execute(_TASK_ROWS, {"ids": sorted(set(task_ids))}):
+                changes.append(_task_event("task.status_changed", row, by))
+        return await _append(conn, changes, _ts(at))
 
     # --- notes
 
     async def add_note(self, task_id: int, agent: str, text: str, at: float) -> TaskNote:
         values = {"task_id": task_id, "agent": agent, "text": text, "created_at": _ts(at)}
-        async with self._autocommit.connect() as conn:
+        async with self._engine.begin() as conn:
             row = (await conn.execute(_INSERT_NOTE, values)).one()
+            project_id = (await conn.execute(_TASK_PROJECT, {"task_id": task_id})).scalar_one()
+            event = _event("note.added", "note", row, agent, project_id=project_id, task_id=task_id)
+            events = await _append(conn, [event], _ts(at))
+        self._committed(events)
         return _note(row)
 
     async def list_notes(self, task_id: int) -> list[TaskNote]:
@@ -549,14 +973,38 @@ class PostgresTaskStore:
             "created_at": _ts(link.created_at),
             "created_by": link.created_by,
         }
-        async with self._autocommit.connect() as conn:
-            return (await conn.execute(_INSERT_LINK, values)).first() is not None
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_INSERT_LINK, values)).first()
+            events: list[WorkEvent] = []
+            if row is not None:
+                project_id = (await conn.execute(_TASK_PROJECT, {"task_id": link.from_task})).scalar_one()
+                event = _event(
+                    "link.created",
+                    "link",
+                    row,
+                    link.created_by,
+                    project_id=project_id,
+                    task_id=link.from_task,
+                )
+                events = await _append(conn, [event], _ts(link.created_at))
+        self._committed(events)
+        return row is not None
 
-    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind) -> bool:
+    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind, *, by: str = "") -> bool:
         """True when the link existed."""
         params = {"from_task": from_task, "to_task": to_task, "kind": kind.value}
-        async with self._autocommit.connect() as conn:
-            return (await conn.execute(_DELETE_LINK, params)).first() is not None
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_DELETE_LINK, params)).first()
+            events: list[WorkEvent] = []
+            if row is not None:
+                project_id = (await conn.execute(_TASK_PROJECT, {"task_id": from_task})).scalar_one()
+                key = {"from_task": from_task, "to_task": to_task, "kind": kind.value}
+                event = NewEvent(
+                    "link.deleted", "link", key, project_id=project_id, task_id=from_task, agent=by
+                )
+                events = await _append(conn, [event], datetime.now(UTC))
+        self._committed(events)
+        return row is not None
 
     async def list_links(self, task_id: int) -> tuple[list[Link], list[Link]]:
         """Each list oldest first; a link from a task to itself is in both."""
@@ -588,8 +1036,19 @@ class PostgresTaskStore:
             "set_by": override.set_by,
             "set_at": _ts(override.set_at),
         }
-        async with self._autocommit.connect() as conn:
-            await conn.execute(_SET_OVERRIDE, values)
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_SET_OVERRIDE, values)).one()
+            project_id = (await conn.execute(_TASK_PROJECT, {"task_id": override.task_id})).scalar_one()
+            event = _event(
+                "override.set",
+                "override",
+                row,
+                override.set_by,
+                project_id=project_id,
+                task_id=override.task_id,
+            )
+            events = await _append(conn, [event], _ts(override.set_at))
+        self._committed(events)
 
     async def get_override(self, task_id: int) -> ContextOverride | None:
         async with self._autocommit.connect() as conn:
@@ -608,8 +1067,12 @@ class PostgresTaskStore:
     # --- runs
 
     async def create_run(self, run: TaskRun) -> TaskRun:
-        async with self._autocommit.connect() as conn:
+        async with self._engine.begin() as conn:
             row = (await conn.execute(_INSERT_RUN, _run_values(run))).one()
+            events = await _append(
+                conn, [_run_event("run.started", row, run.started_by)], _ts(run.started_at)
+            )
+        self._committed(events)
         return _run(row)
 
     async def start_run(
@@ -621,9 +1084,13 @@ class PostgresTaskStore:
             if snapshot is not None:
                 await conn.execute(_PUT_SNAPSHOT, _snapshot_values(snapshot))
             row = (await conn.execute(_INSERT_RUN, _run_values(run))).one()
+            changes = [_run_event("run.ended" if run.ended_at is not None else "run.started", row, by)]
             if mark_running:
                 status = _status_params(run.task_id, TaskStatus.RUNNING, "", run.started_at, by)
-                await conn.execute(_SET_STATUS, status)
+                task_row = (await conn.execute(_SET_STATUS_RETURNING, status)).one()
+                changes.append(_task_event("task.status_changed", task_row, by))
+            events = await _append(conn, changes, _ts(run.started_at))
+        self._committed(events)
         return _run(row)
 
     async def end_runs(
@@ -650,6 +1117,14 @@ class PostgresTaskStore:
                 await conn.execute(_FINISH_RUN_MANY, runs)
             if statuses:
                 await conn.execute(_SET_STATUS, statuses)
+            events = await self._status_events(
+                conn,
+                [params["b_id"] for params in statuses],
+                at,
+                by,
+                runs=[run.run_id for run, _, _ in ends],
+            )
+        self._committed(events)
 
     async def project_overrides(self, project_id: str) -> dict[int, ContextOverride]:
         async with self._autocommit.connect() as conn:
@@ -663,18 +1138,29 @@ class PostgresTaskStore:
             rows = (await conn.execute(_LATEST_OUTPUTS, {"task_ids": list(task_ids)})).all()
         return {row.task_id: (row.name, row.output) for row in rows}
 
+    async def latest_done_runs(self, task_ids: Sequence[int]) -> dict[int, TaskRun]:
+        """The latest done run of each task that has one."""
+        if not task_ids:
+            return {}
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(_LATEST_DONE_RUNS, {"task_ids": list(task_ids)})).all()
+        return {row.task_id: _run(row) for row in rows}
+
     async def finish_run(self, run: TaskRun) -> None:
         """Writes status, job_id, model, engine, weights_digest,
-        routing_report, tokens, cost, output, end reason and message, and
-        ended_at; the rest stays as created."""
+        routing_report, tokens, cost, output, end reason and message,
+        ended_at and the time to first token; the rest stays as created."""
         params = _prefixed(_finished_run_values(run))
         params["b_id"] = run.run_id
-        async with self._autocommit.connect() as conn:
+        async with self._engine.begin() as conn:
             row = (await conn.execute(_FINISH_RUN, params)).first()
-        if row is None:
-            raise NotFound(
-                f"no run {run.run_id}", reason="RUN_NOT_FOUND", metadata={"run_id": str(run.run_id)}
-            )
+            if row is None:
+                raise NotFound(
+                    f"no run {run.run_id}", reason="RUN_NOT_FOUND", metadata={"run_id": str(run.run_id)}
+                )
+            at = _ts(run.ended_at) if run.ended_at is not None else datetime.now(UTC)
+            events = await _append(conn, [_run_event("run.ended", row, run.started_by)], at)
+        self._committed(events)
 
     async def get_run(self, run_id: int) -> TaskRun | None:
         async with self._autocommit.connect() as conn:
@@ -686,3 +1172,180 @@ class PostgresTaskStore:
         (all runs when neither is)."""
         async with self._autocommit.connect() as conn:
             return [_run(row) for row in await conn.execute(_list_runs(project_id, task_id, limit))]
+
+    # --- plans
+
+    async def create_plan(self, plan: Plan) -> Plan:
+        """Insert a plan (``plan_id`` ignored), creating its project when new."""
+        project = {"id": plan.project_id, "created_at": _ts(plan.created_at), "created_by": plan.created_by}
+        async with self._engine.begin() as conn:
+            new_project = (await conn.execute(_INSERT_PROJECT, project)).first()
+            row = (await conn.execute(_INSERT_PLAN, _plan_values(plan))).one()
+            changes = []
+            if new_project is not None:
+                changes.append(
+                    _event(
+                        "project.created", "project", new_project, plan.created_by, project_id=plan.project_id
+                    )
+                )
+            changes.append(_plan_event("plan.proposed", row, plan.created_by))
+            events = await _append(conn, changes, _ts(plan.created_at))
+        self._committed(events)
+        return _plan(row)
+
+    async def update_plan(self, plan: Plan, kind: str) -> Plan:
+        """Write a plan's fields but its id; the event is ``plan.<kind>``."""
+        params = _prefixed({k: v for k, v in _plan_values(plan).items()})
+        params["b_id"] = plan.plan_id
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_UPDATE_PLAN, params)).first()
+            if row is None:
+                raise NotFound(
+                    f"no plan {plan.plan_id}",
+                    reason="PLAN_NOT_FOUND",
+                    metadata={"plan_id": str(plan.plan_id)},
+                )
+            events = await _append(
+                conn, [_plan_event(f"plan.{kind}", row, plan.updated_by)], _ts(plan.updated_at)
+            )
+            attempts = await self._attempts(conn, [plan.plan_id])
+        self._committed(events)
+        return _plan(row, attempts.get(plan.plan_id, ()))
+
+    async def add_plan_attempt(self, attempt: PlanAttempt, project_id: str) -> PlanAttempt:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_INSERT_ATTEMPT, _attempt_values(attempt))).one()
+            event = _event(
+                "plan_attempt.recorded",
+                "plan_attempt",
+                row,
+                attempt.agent,
+                project_id=project_id,
+                plan_id=attempt.plan_id,
+            )
+            at = attempt.ended_at if attempt.ended_at is not None else attempt.started_at
+            events = await _append(conn, [event], _ts(at))
+        self._committed(events)
+        return _attempt(row)
+
+    async def get_plan(self, plan_id: int) -> Plan | None:
+        async with self._autocommit.connect() as conn:
+            row = (await conn.execute(_GET_PLAN, {"plan_id": plan_id})).first()
+            if row is None:
+                return None
+            attempts = await self._attempts(conn, [plan_id])
+        return _plan(row, attempts.get(plan_id, ()))
+
+    async def list_plans(self, project_id: str, status: PlanStatus | None = None) -> list[Plan]:
+        """Newest first."""
+        query = select(plans).where(plans.c.project_id == project_id).order_by(plans.c.id.desc())
+        if status is not None:
+            query = query.where(plans.c.status == status.value)
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            attempts = await self._attempts(conn, [row.id for row in rows])
+        return [_plan(row, attempts.get(row.id, ())) for row in rows]
+
+    async def _attempts(self, conn: AsyncConnection, plan_ids: Sequence[int]) -> dict[int, list[PlanAttempt]]:
+        if not plan_ids:
+            return {}
+        found: dict[int, list[PlanAttempt]] = {}
+        for row in await conn.execute(_ATTEMPTS_OF, {"plan_ids": list(plan_ids)}):
+            found.setdefault(row.plan_id, []).append(_attempt(row))
+        return found
+
+    async def seed_plan(
+        self,
+        plan: Plan,
+        new_tasks: Sequence[tuple[str, Task]],
+        requires: Sequence[tuple[str, str]],
+        *,
+        index_key: str = "",
+    ) -> tuple[Plan, list[Task], list[Link]]:
+        """In one transaction: create the plan's tasks (keyed), their requires
+        links (from key, to key), and mark the plan approved (``plan`` as
+        given, with the new task ids and the INDEX task)."""
+        at = _ts(plan.updated_at)
+        by = plan.updated_by
+        async with self._engine.begin() as conn:
+            changes: list[NewEvent] = []
+            ids: dict[str, int] = {}
+            created: list[Task] = []
+            for key, task in new_tasks:
+                row = (await conn.execute(_INSERT_TASK, _task_values(task))).one()
+                ids[key] = row.id
+                created.append(_task(row))
+                changes.append(_task_event("task.created", row, by))
+            links: list[Link] = []
+            for frm, to in requires:
+                values = {
+                    "from_task": ids[frm],
+                    "to_task": ids[to],
+                    "kind": LinkKind.REQUIRES.value,
+                    "created_at": at,
+                    "created_by": by,
+                }
+                link_row = (await conn.execute(_INSERT_LINK, values)).first()
+                if link_row is not None:
+                    links.append(_link(link_row))
+                    changes.append(
+                        _event(
+                            "link.created", "link", link_row, by, project_id=plan.project_id, task_id=ids[frm]
+                        )
+                    )
+            approved = Plan(
+                **{
+                    **{f: getattr(plan, f) for f in plan.__dataclass_fields__},
+                    "task_ids": ids,
+                    "index_task_id": ids.get(index_key, 0),
+                }
+            )
+            params = _prefixed(_plan_values(approved))
+            params["b_id"] = plan.plan_id
+            row = (await conn.execute(_UPDATE_PLAN, params)).one()
+            changes.append(_plan_event("plan.approved", row, by))
+            events = await _append(conn, changes, at)
+            attempts = await self._attempts(conn, [plan.plan_id])
+        self._committed(events)
+        return _plan(row, attempts.get(plan.plan_id, ())), created, links
+
+    # --- events, views and stats
+
+    async def read_events(
+        self, *, since: int = 0, limit: int = 1000, project_id: str = ""
+    ) -> list[WorkEvent]:
+        """Events with a sequence above ``since``, ascending, at most ``limit``."""
+        query = (
+            select(work_events)
+            .where(work_events.c.sequence > since)
+            .order_by(work_events.c.sequence)
+            .limit(limit)
+        )
+        if project_id:
+            query = query.where(work_events.c.project_id == project_id)
+        async with self._autocommit.connect() as conn:
+            return [_work_event(row) for row in await conn.execute(query)]
+
+    async def last_sequence(self) -> int:
+        async with self._autocommit.connect() as conn:
+            return int((await conn.execute(_LAST_SEQUENCE)).scalar_one())
+
+    async def read_views(self) -> WorkViews:
+        """Every row of the work tables, as the event log holds rows (what
+        :func:`~orchestratord.domain.events.rebuild_views` must give back)."""
+        views = WorkViews()
+        async with self._autocommit.connect() as conn:
+            for entity, table in VIEW_TABLES.items():
+                for row in await conn.execute(select(table)):
+                    data = row_json(row)
+                    views.rows[entity][entity_key(entity, data)] = data
+        return views
+
+    async def stats(self, query: StatsQuery) -> StatsReport:
+        """The usage report of ``query`` (see :mod:`orchestratord.domain.stats`)."""
+        async with self._autocommit.connect() as conn:
+            rows = [_stats_row(row) for row in await conn.execute(_stats_select(query, query.group_by))]
+            total_row = (await conn.execute(_stats_select(query, Grouping.NONE))).one()
+        if query.group_by is Grouping.NONE:
+            rows = [row for row in rows if row.jobs]
+        return StatsReport(query, rows, _stats_row(total_row))

@@ -1,10 +1,12 @@
-"""hearth.api.tasks.v1.TaskService: thin, over WorkService, with the
-conversions between its protos and the work domain."""
+"""hearth.api.tasks.v1.TaskService: thin, over WorkService and PlanService,
+with the conversions between its protos and the work domain (plans, roles,
+stats and events in :mod:`orchestratord.api.work_convert`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -13,7 +15,18 @@ from hearth.api.tasks.v1 import tasks_pb2 as pb
 from hearth.api.tasks.v1 import tasks_pb2_grpc
 from hearth.errors import InvalidArgument
 from orchestratord.api.convert import timestamp_of
+from orchestratord.api.work_convert import (
+    draft_from_proto,
+    grouping_from_proto,
+    plan_status_from_proto,
+    plan_to_proto,
+    role_to_proto,
+    stats_row_to_proto,
+    work_event_to_proto,
+)
 from orchestratord.domain.bundles import Bundle, bundle_to_json
+from orchestratord.domain.planning import PlanService
+from orchestratord.domain.stats import StatsQuery
 from orchestratord.domain.tasks import (
     ContextSnapshot,
     Link,
@@ -142,10 +155,21 @@ def run_to_proto(run: TaskRun) -> pb.Run:
         end_message=run.end_message,
         start_time=timestamp_of(run.started_at),
         started_by=run.started_by,
+        role=run.role,
+        system_prompt=run.system_prompt,
+        escalated_from=run.escalated_from,
+        time_to_first_token_seconds=run.time_to_first_token or 0.0,
     )
     if run.ended_at is not None:
         message.end_time.CopyFrom(timestamp_of(run.ended_at))
+    if run.escalation:
+        message.escalation.CopyFrom(
+            pb.Escalation(**{key: str(run.escalation.get(key, "")) for key in _ESCALATION_FIELDS})
+        )
     return message
+
+
+_ESCALATION_FIELDS = ("from_target", "to_target", "cause", "message")
 
 
 def _items_to_proto(items: Sequence[Mapping[str, object]]) -> list[pb.ContextItem]:
@@ -205,8 +229,9 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     are ``hearth.errors`` exceptions, turned into statuses by the host's
     ErrorInterceptor."""
 
-    def __init__(self, work: WorkService) -> None:
+    def __init__(self, work: WorkService, plans: PlanService) -> None:
         self._work = work
+        self._plans = plans
 
     async def CreateTask(
         self, request: pb.CreateTaskRequest, context: grpc.aio.ServicerContext
@@ -402,3 +427,85 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     ) -> pb.GetProjectResponse:
         project = await self._work.get_project(request.project_id)
         return pb.GetProjectResponse(project=project_to_proto(project))
+
+    # --- plans, roles, stats, events
+
+    async def ProposePlan(
+        self, request: pb.ProposePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProposePlanResponse:
+        plan = await self._plans.propose(
+            request.project_id,
+            request.goal,
+            request.agent,
+            max_attempts=request.max_attempts,
+            model=request.model,
+        )
+        return pb.ProposePlanResponse(plan=plan_to_proto(plan))
+
+    async def GetPlan(
+        self, request: pb.GetPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPlanResponse:
+        return pb.GetPlanResponse(plan=plan_to_proto(await self._plans.get(request.plan_id)))
+
+    async def ListPlans(
+        self, request: pb.ListPlansRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPlansResponse:
+        status = plan_status_from_proto(request.status) if request.status else None
+        plans = await self._plans.list(request.project_id, status)
+        return pb.ListPlansResponse(plans=[plan_to_proto(p) for p in plans])
+
+    async def EditPlan(
+        self, request: pb.EditPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EditPlanResponse:
+        plan = await self._plans.edit(
+            request.plan_id, draft_from_proto(request.draft), request.revision, request.agent
+        )
+        return pb.EditPlanResponse(plan=plan_to_proto(plan))
+
+    async def ApprovePlan(
+        self, request: pb.ApprovePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApprovePlanResponse:
+        draft = draft_from_proto(request.draft) if request.HasField("draft") else None
+        approval = await self._plans.approve(request.plan_id, draft, request.revision, request.agent)
+        return pb.ApprovePlanResponse(
+            plan=plan_to_proto(approval.plan),
+            tasks=[task_to_proto(t) for t in approval.tasks],
+            links=[link_to_proto(link) for link in approval.links],
+        )
+
+    async def RejectPlan(
+        self, request: pb.RejectPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RejectPlanResponse:
+        plan = await self._plans.reject(request.plan_id, request.reason, request.agent)
+        return pb.RejectPlanResponse(plan=plan_to_proto(plan))
+
+    async def ListRoles(
+        self, request: pb.ListRolesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRolesResponse:
+        roles = await self._work.list_roles(route=request.route)
+        book = self._work.roles
+        return pb.ListRolesResponse(roles=[role_to_proto(role, book, route) for role, route in roles])
+
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        query = StatsQuery(
+            project_id=request.project_id,
+            agent=request.agent,
+            group_by=grouping_from_proto(request.group_by),
+            start=_epoch(request.start_time) if request.HasField("start_time") else None,
+            end=_epoch(request.end_time) if request.HasField("end_time") else None,
+        )
+        report = await self._work.stats(query)
+        return pb.StatsResponse(
+            rows=[stats_row_to_proto(row) for row in report.rows], total=stats_row_to_proto(report.total)
+        )
+
+    async def ExportEvents(
+        self, request: pb.ExportEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportEventsResponse]:
+        pages = self._work.events(since=request.since, project_id=request.project_id, limit=request.limit)
+        async for events in pages:
+            yield pb.ExportEventsResponse(events=[work_event_to_proto(e) for e in events])
+
+
+def _epoch(stamp: Any) -> float:
+    return float(stamp.seconds) + stamp.nanos / 1e9

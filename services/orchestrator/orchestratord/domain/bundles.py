@@ -4,7 +4,9 @@ Candidates come in fixed tiers, highest priority first:
 
 1. INDEX: the project's INDEX document (conventions, layout, decisions);
 2. REQUIRED: outputs of the tasks this task requires (full, or their summary
-   when the full text does not fit);
+   when the full text does not fit), each followed by the handoff summary
+   from memoryd when the required task was another role's (kind
+   ``handoff``, source ``handoff:<task id>``);
 3. SIBLING: short notes of other tasks of the same plan (refers links
    included);
 4. MEMORY: semantic hits from memoryd;
@@ -161,6 +163,8 @@ def allocate(
     *,
     excludes: frozenset[str] = frozenset(),
     count_left_out: bool = True,
+    left_out_tiers: frozenset[Tier] = frozenset(),
+    tiers_why: str = "its tier is not in the role's context policy",
 ) -> Bundle:
     """Fill ``budget`` tokens with ``candidates``, tier by tier.
 
@@ -176,6 +180,8 @@ def allocate(
     fields break the remaining ties, so input order never matters), and each
     gets one fate:
 
+    - EXCLUDED when its tier is in ``left_out_tiers`` (a role's context
+      policy), why ``tiers_why``;
     - EXCLUDED when its source is in ``excludes`` (every copy of it), why
       "excluded by a person";
     - DROPPED when an earlier candidate had the same source, why
@@ -215,6 +221,10 @@ def allocate(
     remaining = budget
     at_least = None if count_left_out else counter.at_least
     for cand in sorted(candidates, key=_candidate_order):
+        if cand.tier in left_out_tiers:
+            tokens = at_least(cand.text) if at_least is not None else counter.count(cand.text)
+            left_out.append(BundleItem(cand, Fate.EXCLUDED, "", tokens, tiers_why))
+            continue
         if cand.source in excludes or cand.source in seen:
             tokens = at_least(cand.text) if at_least is not None else counter.count(cand.text)
             if cand.source in excludes:

@@ -16,7 +16,11 @@ from typing import Protocol
 from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta
 from orchestratord.domain.bundles import TokenCount
 from orchestratord.domain.context import ContextItem
+from orchestratord.domain.events import WorkEvent
+from orchestratord.domain.handoffs import HandoffRequest, HandoffSummary
 from orchestratord.domain.jobs import JobEnd, JobEvent, JobSnapshot, JobState, RouteDecision
+from orchestratord.domain.plans import Plan, PlanAttempt, PlanStatus
+from orchestratord.domain.stats import StatsQuery, StatsReport
 from orchestratord.domain.tasks import (
     ContextOverride,
     ContextSnapshot,
@@ -347,6 +351,8 @@ class ModelFacts:
     price_output_per_1k: float = 0.0
     #: The catalog's revision of the weights ("" when unknown).
     weights_digest: str = ""
+    #: It runs off this machine (a cloud API): a task failing on it is not escalated.
+    remote: bool = False
 
 
 class ModelCatalog(Protocol):
@@ -417,7 +423,7 @@ class TaskStore(Protocol):
         """Insert a link; False when (from, to, kind) already exists."""
         ...
 
-    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind) -> bool: ...
+    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind, *, by: str = "") -> bool: ...
 
     async def list_links(self, task_id: int) -> tuple[list[Link], list[Link]]:
         """(outgoing, incoming) links of a task."""
@@ -475,4 +481,91 @@ class TaskStore(Protocol):
 
     async def list_runs(self, *, project_id: str = "", task_id: int = 0, limit: int = 100) -> list[TaskRun]:
         """Runs, newest first, of a project or a task."""
+        ...
+
+    async def latest_done_runs(self, task_ids: Sequence[int]) -> dict[int, TaskRun]:
+        """The latest done run of each task that has one."""
+        ...
+
+    # plans
+
+    async def create_plan(self, plan: Plan) -> Plan:
+        """Insert a plan (``plan_id`` ignored), creating its project when new."""
+        ...
+
+    async def update_plan(self, plan: Plan, kind: str) -> Plan:
+        """Write a plan's fields (all but its id); its event is ``plan.<kind>``."""
+        ...
+
+    async def add_plan_attempt(self, attempt: PlanAttempt, project_id: str) -> PlanAttempt: ...
+
+    async def get_plan(self, plan_id: int) -> Plan | None:
+        """The plan with its attempts."""
+        ...
+
+    async def list_plans(self, project_id: str, status: PlanStatus | None = None) -> list[Plan]:
+        """A project's plans, newest first, with their attempts."""
+        ...
+
+    async def seed_plan(
+        self,
+        plan: Plan,
+        new_tasks: Sequence[tuple[str, Task]],
+        requires: Sequence[tuple[str, str]],
+        *,
+        index_key: str = "",
+    ) -> tuple[Plan, list[Task], list[Link]]:
+        """In one transaction: the plan's tasks by key, their requires links
+        (from key, to key) and the plan as given, approved, with its task ids."""
+        ...
+
+    # the event log and reports
+
+    async def read_events(
+        self, *, since: int = 0, limit: int = 1000, project_id: str = ""
+    ) -> list[WorkEvent]:
+        """Work events with a sequence above ``since``, ascending."""
+        ...
+
+    async def stats(self, query: StatsQuery) -> StatsReport:
+        """Usage from the run records and plan attempts, never their texts."""
+        ...
+
+
+# --- handoffs and role routes ---------------------------------------------------
+
+
+class Handoffs(Protocol):
+    """memoryd's handoff summaries (see :mod:`orchestratord.domain.handoffs`)."""
+
+    async def find(self, request: HandoffRequest, *, time_limit: float) -> HandoffSummary | None:
+        """The handoff summary already written for this run handed over, if any."""
+        ...
+
+    async def make(self, request: HandoffRequest, *, time_limit: float) -> HandoffSummary:
+        """The handoff summary, written (memoryd's Compact of the handoff's
+        scope) unless it exists. Raises hearth errors from memoryd; Aborted
+        (the summary job's reason) when the summary job failed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRoute:
+    """Where a job of a role would run now (the router's dry-run answer)."""
+
+    chain: tuple[str, ...] = ()
+    chosen: str = ""
+    #: The chosen candidate's stable reason (ROLE_DEFAULT, ROLE_FALLBACK, ...) and detail.
+    reason: str = ""
+    detail: str = ""
+    matched_rules: tuple[str, ...] = ()
+    #: Set when the router refused: its reason and message.
+    error_reason: str = ""
+    error_message: str = ""
+
+
+class RoleRoutes(Protocol):
+    async def route(self, role: str, prompt_tokens: int, max_tokens: int) -> RoleRoute:
+        """The router's dry-run decision for a job of ``role`` (nothing is
+        counted); a refusal is returned in the answer, not raised."""
         ...

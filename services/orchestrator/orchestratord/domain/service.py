@@ -18,13 +18,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from hearth.chat import render_plain
-from hearth.errors import InvalidArgument, NotFound, ResourceExhausted
+from hearth.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from hearth.runtime.redaction import find_secrets
 from hearth.runtime.tracing import JOB_ID_ATTRIBUTE
 from orchestratord.domain.active import ActiveJobs
 from orchestratord.domain.dispatcher import Dispatcher
 from orchestratord.domain.jobs import ActiveJob, JobEvent, JobSnapshot, JobSpec, JobState, Outcome, Queued
 from orchestratord.domain.ports import EventPublisher, JobMetrics, JobStore, RouteFacts, Router
+from orchestratord.domain.roles import RoleBook
 from orchestratord.domain.validation import (
     JobDraft,
     SubmitLimits,
@@ -68,6 +69,8 @@ class JobService:
             durable before answering with the in-memory view.
         dispatcher: when given, a job that will run at once is placed while
             it is being persisted (see Dispatcher.place_early).
+        roles: the agent roles; a job of a role may offer only the tools the
+            role's permissions name (PERMISSION_DENIED, TOOL_NOT_PERMITTED).
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class JobService:
         context_budget_tokens: int = 1024,
         cancel_wait_seconds: float = 5.0,
         dispatcher: Dispatcher | None = None,
+        roles: RoleBook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._roles = roles
         self._active = active
         self._store = store
         self._router = router
@@ -112,6 +117,7 @@ class JobService:
         """
         submission = validate_submission(draft, self._limits)
         spec, request_id = submission.spec, submission.request_id
+        self._check_tools(spec)
         job_id = str(uuid.uuid4())
         route = await self._router.route(self._facts(job_id, spec))
         queue = self._active.queue
@@ -136,6 +142,21 @@ class JobService:
         # The SubmitJob span is the root of the job's trace: make it findable.
         trace.get_current_span().set_attribute(JOB_ID_ATTRIBUTE, result.job.job_id)
         return result
+
+    def _check_tools(self, spec: JobSpec) -> None:
+        """The role's tool permissions (a role without any allows every tool)."""
+        if self._roles is None or not spec.tools:
+            return
+        role = self._roles.get(spec.role)
+        for index, tool in enumerate(spec.tools):
+            if not role.allows_tool(tool.name):
+                allowed = ", ".join(role.tools or ()) or "none"
+                raise PermissionDenied(
+                    f"spec.tools[{index}]: the {role.name} role may not use the tool {tool.name!r} "
+                    f"(its tools: {allowed})",
+                    reason="TOOL_NOT_PERMITTED",
+                    metadata={"field": f"spec.tools[{index}]", "role": role.name, "tool": tool.name},
+                )
 
     def _facts(self, job_id: str, spec: JobSpec) -> RouteFacts:
         context_tokens = 0

@@ -428,6 +428,15 @@ class TaskRun:
     started_at: float = 0.0
     ended_at: float | None = None
     started_by: str = ""
+    #: The task's role when it ran, and the system prompt it sent ("" for none).
+    role: str = ""
+    system_prompt: str = ""
+    #: The failed run this one escalates (retried on the next target of the
+    #: role's chain), 0 for none; and how: {from_target, to_target, cause, message}.
+    escalated_from: int = 0
+    escalation: Mapping[str, object] = field(default_factory=dict)
+    #: Seconds from the job's start to its first token (None: no token came).
+    time_to_first_token: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

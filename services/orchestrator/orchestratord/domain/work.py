@@ -11,6 +11,16 @@ again and :meth:`WorkService.diff_runs` can say what changed.
 Statuses that follow from the graph (pending, ready, blocked) are derived by
 :func:`tasks.classify` and written back whenever something they depend on
 changes, so listing a project shows them as they are.
+
+A task's role (:mod:`roles`) picks its system prompt (the first message of
+its job), its context policy (the budget when the task sets none, and the
+tiers its bundle draws on) and, through the router, its models. When a task
+requires the work of another role, memoryd's handoff summary of that work
+joins its bundle (:mod:`handoffs`). A run that fails on a local model is
+retried once on the next target of the job's chain (the role's chain, as
+the router ordered it): an escalation, recorded on the second run
+(``escalated_from``, ``escalation``). A task that produces the INDEX (a
+plan's root task) writes its output as the project's INDEX document.
 """
 
 from __future__ import annotations
@@ -37,10 +47,23 @@ from orchestratord.domain.bundles import (
     render_prompt,
 )
 from orchestratord.domain.context import ContextItem
+from orchestratord.domain.events import WorkEvent
+from orchestratord.domain.handoffs import HandoffSummary, candidates_of, handoff_requests
 from orchestratord.domain.jobs import JobSnapshot, JobState
-from orchestratord.domain.ports import Memory, ModelCatalog, TaskStore
+from orchestratord.domain.plans import INDEX_LABEL
+from orchestratord.domain.ports import (
+    Handoffs,
+    Memory,
+    ModelCatalog,
+    ModelFacts,
+    RoleRoute,
+    RoleRoutes,
+    TaskStore,
+)
+from orchestratord.domain.roles import RoleBook, RoleProfile
 from orchestratord.domain.run_diff import RunDiff, diff_runs
 from orchestratord.domain.service import JobService
+from orchestratord.domain.stats import StatsQuery, StatsReport
 from orchestratord.domain.tasks import (
     ContextOverride,
     ContextSnapshot,
@@ -83,6 +106,55 @@ class WorkLimits:
     #: Memory hits offered as candidates (memoryd's GetContext top_k).
     memory_top_k: int = 8
     memory_time_limit: float = 10.0
+    #: Retry a run that failed on a local model once on the next target of its chain.
+    escalate: bool = True
+    #: Ask memoryd for handoff summaries when roles change along a requires link.
+    handoffs: bool = True
+    #: The longest a handoff summary may take (memoryd's two summary jobs).
+    handoff_time_limit: float = 300.0
+
+
+#: End reasons that are not retried on another target: the run was stopped,
+#: or it ran out of time (another target would get none either).
+NOT_ESCALATED = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "ORCHESTRATOR_RESTARTED"})
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A failed run retried on the next target of its chain."""
+
+    from_target: str
+    to_target: str
+    cause: str
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "from_target": self.from_target,
+            "to_target": self.to_target,
+            "cause": self.cause,
+            "message": self.message,
+        }
+
+
+def escalation_of(
+    run: TaskRun, chain: Sequence[str], facts: Callable[[str], ModelFacts | None]
+) -> Escalation | None:
+    """The escalation a failed run gets: when it failed (not stopped, not out
+    of time) on a local model that is not the last of the job's chain, the
+    next target of the chain. The target it failed on is the last one the job
+    tried: the last fallback's, else the first of the chain."""
+    if run.status is not RunStatus.FAILED or run.end_reason in NOT_ESCALATED or not chain:
+        return None
+    fallbacks: Any = run.routing_report.get("fallbacks") or []
+    tried = str(fallbacks[-1].get("to_target", "")) if fallbacks else chain[0]
+    if tried not in chain:
+        return None
+    position = list(chain).index(tried)
+    model = facts(tried)
+    if model is None or model.remote or position + 1 >= len(chain):
+        return None
+    return Escalation(tried, chain[position + 1], run.end_reason or "FAILED", run.end_message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +216,11 @@ class ProjectView:
     #: (name, output) of the tasks whose outputs were read or produced
     #: during the run; None for a task known to have none yet.
     outputs: dict[int, tuple[str, str] | None] = field(default_factory=dict)
+    #: The project's tasks (their roles and inputs, for handoffs).
+    tasks: Mapping[int, Task] = field(default_factory=dict)
+    #: The done runs made during the run, by task (their ends may still be
+    #: on the way to the store).
+    runs: dict[int, TaskRun] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +260,9 @@ class WorkService:
             the memory tier empty.
         models: what is known of each model: context length, prices, a
             local tokenizer.
+        roles: the agent roles (system prompts, context policies).
+        handoffs: memoryd's handoff summaries; None: bundles get none.
+        role_routes: the router's dry runs, for :meth:`list_roles`.
     """
 
     def __init__(
@@ -193,13 +273,19 @@ class WorkService:
         models: ModelCatalog,
         limits: WorkLimits = WorkLimits(),
         *,
+        roles: RoleBook | None = None,
+        handoffs: Handoffs | None = None,
+        role_routes: RoleRoutes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._role_routes = role_routes
         self._store = store
         self._jobs = jobs
         self._memory = memory
         self._models = models
         self._limits = limits
+        self._roles = roles if roles is not None else RoleBook.of({}, {})
+        self._handoffs = handoffs if limits.handoffs else None
         self._clock = clock
         # Tasks with a run in flight in this process: a second RunTask of the
         # same task (or a project run picking it twice) is refused.
@@ -208,10 +294,73 @@ class WorkService:
 
     # --- tasks -----------------------------------------------------------
 
+    @property
+    def roles(self) -> RoleBook:
+        return self._roles
+
+    async def list_roles(self, *, route: bool) -> list[tuple[RoleProfile, RoleRoute | None]]:
+        """Every role, by name, and (``route``) where a task of it would run
+        now: the router's dry run for a job of the role with the role's full
+        context budget and the task runs' max_tokens."""
+        profiles = list(self._roles.roles.values())
+        if not route or self._role_routes is None:
+            return [(profile, None) for profile in profiles]
+        routes = await asyncio.gather(
+            *(
+                self._role_routes.route(p.name, self._role_context(p), self._limits.max_tokens)
+                for p in profiles
+            )
+        )
+        return list(zip(profiles, routes, strict=True))
+
+    def _role_context(self, role: RoleProfile) -> int:
+        """The context a task of the role carries at most: its budget, capped
+        (as a run caps it) by its first model's context less the answer."""
+        budget = role.context_budget or self._limits.default_context_budget
+        facts = self._models.resolve("", role.name)
+        if facts is not None:
+            budget = min(budget, max(1, facts.context_length - self._limits.max_tokens))
+        return budget
+
+    async def stats(self, query: StatsQuery) -> StatsReport:
+        """Usage from the run records and plan attempts (never their texts)."""
+        if query.project_id:
+            check_project_id(query.project_id)
+        check_text("agent", query.agent)
+        return await self._store.stats(query.check())
+
+    async def events(
+        self, *, since: int, project_id: str, limit: int, page: int = 500
+    ) -> AsyncIterator[list[WorkEvent]]:
+        """The work event log after ``since``, in pages, up to ``limit`` events (0: all)."""
+        if since < 0:
+            raise InvalidArgument("since", "must not be negative")
+        if limit < 0:
+            raise InvalidArgument("limit", "must not be negative (0: every event)")
+        if project_id:
+            check_project_id(project_id)
+        left = limit or None
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
+            events = await self._store.read_events(since=since, limit=size, project_id=project_id)
+            if not events:
+                return
+            yield events
+            since = events[-1].sequence
+            if left is not None:
+                left -= len(events)
+            if len(events) < size:
+                return
+
     async def create_task(self, new: NewTask) -> Task:
         """Validate and store a task; its status follows from approval (a task
         has no links yet, so it starts ready or waiting for approval)."""
-        project_id = _check_project_id(new.project_id)
+        return await self._store.create_task(self.build_task(new))
+
+    def build_task(self, new: NewTask) -> Task:
+        """A validated task, not stored (``task_id`` 0): what CreateTask and a
+        plan's approval store."""
+        project_id = check_project_id(new.project_id)
         _check_name(new.name)
         if not (0 <= new.priority <= MAX_PRIORITY):
             raise InvalidArgument("priority", f"must be between 0 and {MAX_PRIORITY}")
@@ -236,7 +385,7 @@ class WorkService:
             updated_at=now,
             updated_by=new.agent,
         )
-        return await self._store.create_task(task)
+        return task
 
     async def get_task(self, task_id: int) -> Task:
         task = await self._store.get_task(_check_task_id(task_id))
@@ -357,9 +506,9 @@ class WorkService:
             await self.refresh(source.project_id, by=agent)
         return link, not created
 
-    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind) -> None:
+    async def delete_link(self, from_task: int, to_task: int, kind: LinkKind, agent: str = "") -> None:
         source = await self.get_task(from_task)
-        if not await self._store.delete_link(from_task, to_task, kind):
+        if not await self._store.delete_link(from_task, to_task, kind, by=agent):
             raise NotFound(
                 f"no {kind.value} link from task {from_task} to {to_task}",
                 reason="LINK_NOT_FOUND",
@@ -437,14 +586,25 @@ class WorkService:
         return task, await self._gather(task, task.context_budget, count_left_out=True)
 
     async def _gather(
-        self, task: Task, budget: int, *, count_left_out: bool = False, view: ProjectView | None = None
+        self,
+        task: Task,
+        budget: int,
+        *,
+        count_left_out: bool = False,
+        view: ProjectView | None = None,
+        make_handoffs: bool = False,
     ) -> Preview:
         """gather_context: the candidates in their tiers, allocated within the
         budget, rendered into the prompt. A preview counts every candidate
-        (``count_left_out``); a run counts only what could go in."""
+        (``count_left_out``); a run counts only what could go in. The task's
+        role sets the budget when the task sets none and leaves out the tiers
+        its policy does not name. A run (``make_handoffs``) asks memoryd to
+        write the handoff summaries it lacks; a preview shows those written."""
+        role = self._roles.get(task.role)
+        left_out = role.excluded_tiers()
         facts = self._models.resolve(task.model, task.role)
         counter = self._models.counter(facts)
-        budget = budget or self._limits.default_context_budget
+        budget = budget or role.context_budget or self._limits.default_context_budget
         if facts is not None:
             # Never more context than the model can take beside its answer.
             budget = min(budget, max(1, facts.context_length - self._limits.max_tokens))
@@ -452,18 +612,28 @@ class WorkService:
             override = view.overrides.get(task.task_id)
             project = view.project
             links = (view.outgoing.get(task.task_id, []), view.incoming.get(task.task_id, []))
-            memory_items = await self._memory_items(task, budget)
+            memory_items = await self._memory_items(task, budget, role)
         else:
             override, project, links, memory_items = await asyncio.gather(
                 self._store.get_override(task.task_id),
                 self._store.get_project(task.project_id),
                 self._store.list_links(task.task_id),
-                self._memory_items(task, budget),
+                self._memory_items(task, budget, role),
             )
         known = view.outputs if view is not None else None
         candidates = await self._candidates(task, override, project, links, memory_items, known)
+        if Tier.REQUIRED not in left_out:
+            candidates += await self._handoff_candidates(task, links[0], view, make=make_handoffs)
         excludes = frozenset(override.excludes) if override else frozenset()
-        bundle = allocate(candidates, budget, counter, excludes=excludes, count_left_out=count_left_out)
+        bundle = allocate(
+            candidates,
+            budget,
+            counter,
+            excludes=excludes,
+            count_left_out=count_left_out,
+            left_out_tiers=left_out,
+            tiers_why=f"the {role.name} role's context policy leaves out this tier",
+        )
         prompt = render_prompt(task.input.text, bundle)
         return Preview(bundle, prompt, context_hash(bundle, prompt))
 
@@ -500,9 +670,12 @@ class WorkService:
         candidates: list[Candidate] = []
         if project is not None and project.index_document.strip():
             candidates.append(Candidate(Tier.INDEX, "index", "index", "INDEX", project.index_document))
+        index_text = project.index_document if project is not None else ""
         for task_id in required:
             if task_id in outputs:
                 name, output = outputs[task_id]
+                if index_text.strip() and output == index_text:
+                    continue  # the task that wrote the INDEX: its output is the first item already
                 candidates.append(
                     Candidate(Tier.REQUIRED, f"task:{task_id}", "output", name, output, rank=task_id)
                 )
@@ -525,10 +698,11 @@ class WorkService:
                 candidates.append(Candidate(Tier.PINNED, f"pin:{source}", "pinned", title, text, rank=rank))
         return candidates
 
-    async def _memory_items(self, task: Task, budget: int) -> list[ContextItem]:
+    async def _memory_items(self, task: Task, budget: int, role: RoleProfile) -> list[ContextItem]:
         """memoryd's hits for the task; none (logged) when memoryd fails: a
-        bundle without memory beats no run."""
-        if self._memory is None:
+        bundle without memory beats no run. None asked for when the role's
+        policy leaves out the memory tier."""
+        if self._memory is None or Tier.MEMORY not in role.tiers:
             return []
         try:
             return await self._memory.context(
@@ -542,6 +716,59 @@ class WorkService:
         except HearthError as err:
             log.warning("task %d: no memory context (%s: %s)", task.task_id, err.reason, err.message)
             return []
+
+    async def _handoff_candidates(
+        self, task: Task, outgoing: Sequence[Link], view: ProjectView | None, *, make: bool
+    ) -> list[Candidate]:
+        """The handoff summaries of the required tasks of other roles (one per
+        required task with a done run). A handoff memoryd cannot give is left
+        out (logged; noted on the task when a run asked for it)."""
+        if self._handoffs is None:
+            return []
+        required_ids = sorted(link.to_task for link in outgoing if link.kind is LinkKind.REQUIRES)
+        if not required_ids:
+            return []
+        required: dict[int, Task] = {}
+        for task_id in required_ids:
+            known = view.tasks.get(task_id) if view is not None else None
+            found = known if known is not None else await self._store.get_task(task_id)
+            # The INDEX task's work is the INDEX itself, the bundle's first item.
+            if (
+                found is not None
+                and not self._roles.same_role(found.role, task.role)
+                and not _produces_index(found)
+            ):
+                required[task_id] = found
+        if not required:
+            return []
+        runs = {i: view.runs[i] for i in required if view is not None and i in view.runs}
+        missing = [i for i in required if i not in runs]
+        if missing:
+            runs.update(await self._store.latest_done_runs(missing))
+        summaries: list[HandoffSummary] = []
+        for request in handoff_requests(task, required, runs, self._roles):
+            try:
+                if make:
+                    made = await self._handoffs.make(request, time_limit=self._limits.handoff_time_limit)
+                    summaries.append(made)
+                else:
+                    found_summary = await self._handoffs.find(
+                        request, time_limit=self._limits.memory_time_limit
+                    )
+                    if found_summary is not None:
+                        summaries.append(found_summary)
+            except HearthError as err:
+                log.warning(
+                    "task %d: no handoff summary from task %d (%s: %s)",
+                    task.task_id,
+                    request.from_task,
+                    err.reason,
+                    err.message,
+                )
+                if make:
+                    note = f"no handoff summary from task {request.from_task}: {err.reason}: {err.message}"
+                    await self._store.add_note(task.task_id, "orchestratord", note, self._clock())
+        return candidates_of(summaries)
 
     async def _pinned(
         self, task: Task, source: str, outputs: Mapping[int, tuple[str, str]]
@@ -606,8 +833,14 @@ class WorkService:
         if snapshot is None:
             raise FailedPrecondition(f"run {run_id} has no stored context", reason="NO_SNAPSHOT")
         task = await self.get_task(previous.task_id)
-        run = await self._run_job(
-            task, snapshot, dict(previous.sampling), previous.model, agent, rerun_of=run_id
+        run, _ = await self._run_job(
+            task,
+            snapshot,
+            dict(previous.sampling),
+            previous.model,
+            agent,
+            rerun_of=run_id,
+            system_prompt=previous.system_prompt,
         )
         await self._store.finish_run(run)
         return run
@@ -648,7 +881,7 @@ class WorkService:
         return await self._require_project(project_id)
 
     async def set_project_index(self, project_id: str, text: str, agent: str) -> Project:
-        project_id = _check_project_id(project_id)
+        project_id = check_project_id(project_id)
         check_text("index_document", text)
         return await self._store.set_project_index(project_id, text, at=self._clock(), by=agent)
 
@@ -680,7 +913,7 @@ class WorkService:
             # updates it in memory and writes only what changed, so a run
             # of n tasks costs O(n) reads, not O(n^2).
             tasks = {t.task_id: t for t in await self.refresh(project_id, by=agent)}
-            view = await self._project_view(project_id)
+            view = replace(await self._project_view(project_id), tasks=tasks)
             requires = [
                 (link.from_task, link.to_task)
                 for links in view.outgoing.values()
@@ -744,15 +977,23 @@ class WorkService:
                 changes = _derived_changes(list(tasks.values()), requires)
                 for task_id, status, reason in changes:
                     tasks[task_id] = replace(tasks[task_id], status=status, status_reason=reason)
+                indexes = []
                 for run in ended:
                     if run.status is RunStatus.DONE:
                         view.outputs[run.task_id] = (tasks[run.task_id].name, run.output)
+                        view.runs[run.task_id] = run
+                        if _produces_index(tasks[run.task_id]):
+                            indexes.append(run)
+                            project = view.project or Project(project_id)
+                            view = replace(view, project=replace(project, index_document=run.output))
                 # Dependants start at once, on the outputs in memory; the ends
                 # and the statuses they change are written meanwhile, in one
                 # transaction (a task started now gets RUNNING from its own).
                 starting = start_ready()
                 written = [c for c in changes if tasks[c[0]].status is not TaskStatus.RUNNING]
                 await self._store.end_runs(ends, written, at=self._clock(), by=agent)
+                for run in indexes:
+                    await self._write_index(run, agent)
                 for run in ended:
                     await self._note_failure(run, agent)
                 for run in ended:
@@ -823,8 +1064,9 @@ class WorkService:
                 "temperature": self._limits.temperature,
                 "seed": self._limits.seed,
             }
+            role = self._roles.get(task.role)
             try:
-                preview = await self._gather(task, task.context_budget, view=view)
+                preview = await self._gather(task, task.context_budget, view=view, make_handoffs=True)
             except HearthError as err:
                 now = self._clock()
                 failed = TaskRun(
@@ -840,17 +1082,66 @@ class WorkService:
                     started_at=now,
                     ended_at=now,
                     started_by=agent,
+                    role=task.role,
                 )
                 run = await self._store.start_run(None, failed, by=agent)
             else:
-                run = await self._run_job(task, preview.snapshot(), sampling, task.model, agent)
+                snapshot = preview.snapshot()
+                run, chain = await self._run_job(
+                    task, snapshot, sampling, task.model, agent, system_prompt=role.system_prompt
+                )
+                escalation = escalation_of(run, chain, self._models.facts) if self._limits.escalate else None
+                if escalation is not None:
+                    run = await self._escalate(task, snapshot, sampling, agent, role, run, escalation)
             if view is None:
                 status, reason = _task_outcome(run)
                 await self._store.end_runs([(run, status, reason)], at=self._clock(), by=agent)
                 await self._note_failure(run, agent)
+                if run.status is RunStatus.DONE and _produces_index(task):
+                    await self._write_index(run, agent)
             return run
         finally:
             self._running.discard(task.task_id)
+
+    async def _escalate(
+        self,
+        task: Task,
+        snapshot: ContextSnapshot,
+        sampling: Mapping[str, Any],
+        agent: str,
+        role: RoleProfile,
+        failed: TaskRun,
+        escalation: Escalation,
+    ) -> TaskRun:
+        """End the failed run and run the task again, once, on the next
+        target of its chain, with the same snapshot and settings; the new
+        run (not written) names the failed one."""
+        await self._store.finish_run(failed)
+        await self._note_failure(failed, agent)
+        note = (
+            f"run {failed.run_id} failed on {escalation.from_target} ({escalation.cause}); "
+            f"escalated to {escalation.to_target}"
+        )
+        await self._store.add_note(task.task_id, agent, note, self._clock())
+        log.info("task %d: %s", task.task_id, note)
+        run, _ = await self._run_job(
+            task,
+            snapshot,
+            sampling,
+            escalation.to_target,
+            agent,
+            system_prompt=role.system_prompt,
+            escalated_from=failed.run_id,
+            escalation=escalation,
+        )
+        return run
+
+    async def _write_index(self, run: TaskRun, agent: str) -> None:
+        """A done run of the task that produces the INDEX: its output becomes the INDEX."""
+        await self._store.set_project_index(run.project_id, run.output, at=self._clock(), by=agent)
+        await self._store.add_note(
+            run.task_id, agent, f"run {run.run_id}'s output is now the project's INDEX", self._clock()
+        )
 
     async def _run_job(
         self,
@@ -861,16 +1152,25 @@ class WorkService:
         agent: str,
         *,
         rerun_of: int = 0,
-    ) -> TaskRun:
+        system_prompt: str = "",
+        escalated_from: int = 0,
+        escalation: Escalation | None = None,
+    ) -> tuple[TaskRun, tuple[str, ...]]:
         """Submit the run's job, record the run (with its snapshot, in one
         transaction) while the job starts, and wait for the end; the ended run
-        is returned, not written. A first run marks its task RUNNING; a rerun
+        is returned, not written, with the job's chain of targets (empty when
+        the job was refused). A first run marks its task RUNNING; a rerun
         leaves the task be. The job is submitted first so that recording the
         run is not on the way to the job's start; a job whose run cannot be
-        recorded is cancelled."""
+        recorded is cancelled. A ``system_prompt`` goes first, as the system
+        message of the job's conversation."""
         prompt, messages = snapshot.prompt, tuple[ChatMessage, ...]()
         if task.input.messages:
             prompt, messages = "", _with_last_user(task.input.messages, snapshot.prompt)
+        if system_prompt:
+            if not messages:
+                messages = (ChatMessage("user", prompt),)
+            prompt, messages = "", _with_system(messages, system_prompt)
         draft = JobDraft(
             prompt=prompt,
             messages=messages,
@@ -896,7 +1196,13 @@ class WorkService:
             sampling=dict(sampling),
             started_at=self._clock(),
             started_by=agent,
+            role=task.role,
+            system_prompt=system_prompt,
+            escalated_from=escalated_from,
+            escalation=escalation.to_json() if escalation is not None else {},
         )
+        # A rerun leaves the task be; an escalation's task is RUNNING already.
+        mark_running = not rerun_of and not escalated_from
         try:
             submitted = await self._jobs.submit(draft)
         except HearthError as err:
@@ -907,25 +1213,27 @@ class WorkService:
                 end_message=err.message,
                 ended_at=self._clock(),
             )
-            return await self._store.start_run(snapshot, refused, by=agent, mark_running=not rerun_of)
+            return await self._store.start_run(snapshot, refused, by=agent, mark_running=mark_running), ()
         job_id = submitted.job.job_id
+        chain = tuple(submitted.job.route.chain)
         try:
             run = await self._store.start_run(
-                snapshot, replace(run, job_id=job_id), by=agent, mark_running=not rerun_of
+                snapshot, replace(run, job_id=job_id), by=agent, mark_running=mark_running
             )
         except BaseException:
             await self._jobs.cancel(job_id, "the task run could not be recorded")
             raise
         try:
-            return self._ended(run, await self._jobs.wait_for_end(job_id))
+            return self._ended(run, await self._jobs.wait_for_end(job_id)), chain
         except HearthError as err:
-            return replace(
+            failed = replace(
                 run,
                 status=RunStatus.FAILED,
                 end_reason=err.reason,
                 end_message=err.message,
                 ended_at=self._clock(),
             )
+            return failed, chain
 
     async def _note_failure(self, run: TaskRun, agent: str) -> None:
         if run.status is RunStatus.FAILED and run.end_message:
@@ -963,6 +1271,7 @@ class WorkService:
             end_reason=job.end_reason,
             end_message=job.end_message,
             ended_at=job.ended_at or self._clock(),
+            time_to_first_token=record.time_to_first_token if record is not None else None,
         )
 
     def _check_budget(self, budget: int, model: str, role: str) -> None:
@@ -986,7 +1295,7 @@ class WorkService:
         return task
 
     async def _require_project(self, project_id: str) -> Project:
-        project = await self._store.get_project(_check_project_id(project_id))
+        project = await self._store.get_project(check_project_id(project_id))
         if project is None:
             raise NotFound(
                 f"no project {project_id!r}", reason="PROJECT_NOT_FOUND", metadata={"project_id": project_id}
@@ -1048,6 +1357,19 @@ def _depths(task_ids: Sequence[int], requires: Sequence[tuple[int, int]]) -> dic
     return depth
 
 
+def _produces_index(task: Task) -> bool:
+    return task.labels.get(INDEX_LABEL) == "true"
+
+
+def _with_system(messages: Sequence[ChatMessage], system_prompt: str) -> tuple[ChatMessage, ...]:
+    """The conversation with the role's system prompt first: before its own
+    system message's text when it has one, else as a new first message."""
+    if messages and messages[0].role == "system":
+        first = replace(messages[0], content=f"{system_prompt}\n\n{messages[0].content}")
+        return (first, *messages[1:])
+    return (ChatMessage("system", system_prompt), *messages)
+
+
 def _with_last_user(messages: Sequence[ChatMessage], content: str) -> tuple[ChatMessage, ...]:
     """The conversation with its last user message's content replaced (by
     the rendered prompt: the message, then its context)."""
@@ -1059,7 +1381,7 @@ def _with_last_user(messages: Sequence[ChatMessage], content: str) -> tuple[Chat
     return tuple(out)
 
 
-def _check_project_id(project_id: str) -> str:
+def check_project_id(project_id: str) -> str:
     if not _PROJECT_ID.fullmatch(project_id):
         raise InvalidArgument(
             "project_id",

@@ -100,6 +100,68 @@ RUN_STRATEGY_PRIORITY: RunStrategy.ValueType  # 2
 """Any ready task by (priority, created, id), whatever its depth."""
 Global___RunStrategy: _TypeAlias = RunStrategy  # noqa: Y015
 
+class _PlanStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlanStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlanStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAN_STATUS_UNSPECIFIED: _PlanStatus.ValueType  # 0
+    PLAN_STATUS_PROPOSING: _PlanStatus.ValueType  # 1
+    """The manager is at work."""
+    PLAN_STATUS_DRAFT: _PlanStatus.ValueType  # 2
+    """A valid plan waiting for a person."""
+    PLAN_STATUS_APPROVED: _PlanStatus.ValueType  # 3
+    """Approved: its tasks and links exist."""
+    PLAN_STATUS_REJECTED: _PlanStatus.ValueType  # 4
+    """Rejected; the draft is kept with the reason."""
+    PLAN_STATUS_FAILED: _PlanStatus.ValueType  # 5
+    """No attempt gave a valid plan."""
+
+class PlanStatus(_PlanStatus, metaclass=_PlanStatusEnumTypeWrapper): ...
+
+PLAN_STATUS_UNSPECIFIED: PlanStatus.ValueType  # 0
+PLAN_STATUS_PROPOSING: PlanStatus.ValueType  # 1
+"""The manager is at work."""
+PLAN_STATUS_DRAFT: PlanStatus.ValueType  # 2
+"""A valid plan waiting for a person."""
+PLAN_STATUS_APPROVED: PlanStatus.ValueType  # 3
+"""Approved: its tasks and links exist."""
+PLAN_STATUS_REJECTED: PlanStatus.ValueType  # 4
+"""Rejected; the draft is kept with the reason."""
+PLAN_STATUS_FAILED: PlanStatus.ValueType  # 5
+"""No attempt gave a valid plan."""
+Global___PlanStatus: _TypeAlias = PlanStatus  # noqa: Y015
+
+class _StatsGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatsGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatsGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATS_GROUPING_UNSPECIFIED: _StatsGrouping.ValueType  # 0
+    """One row: everything."""
+    STATS_GROUPING_DAY: _StatsGrouping.ValueType  # 1
+    """By day (UTC) of the job's start, "2025-01-31"."""
+    STATS_GROUPING_MONTH: _StatsGrouping.ValueType  # 2
+    """By month (UTC), "2025-01"."""
+    STATS_GROUPING_ROLE: _StatsGrouping.ValueType  # 3
+    STATS_GROUPING_MODEL: _StatsGrouping.ValueType  # 4
+    """By the model that served it."""
+
+class StatsGrouping(_StatsGrouping, metaclass=_StatsGroupingEnumTypeWrapper): ...
+
+STATS_GROUPING_UNSPECIFIED: StatsGrouping.ValueType  # 0
+"""One row: everything."""
+STATS_GROUPING_DAY: StatsGrouping.ValueType  # 1
+"""By day (UTC) of the job's start, "2025-01-31"."""
+STATS_GROUPING_MONTH: StatsGrouping.ValueType  # 2
+"""By month (UTC), "2025-01"."""
+STATS_GROUPING_ROLE: StatsGrouping.ValueType  # 3
+STATS_GROUPING_MODEL: StatsGrouping.ValueType  # 4
+"""By the model that served it."""
+Global___StatsGrouping: _TypeAlias = StatsGrouping  # noqa: Y015
+
 @_typing.final
 class Task(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -399,6 +461,11 @@ class Run(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    ESCALATED_FROM_FIELD_NUMBER: _builtins.int
+    ESCALATION_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.int
     task_id: _builtins.int
     project_id: _builtins.str
@@ -425,10 +492,21 @@ class Run(_message.Message):
     end_reason: _builtins.str
     end_message: _builtins.str
     started_by: _builtins.str
+    role: _builtins.str
+    """The task's role when it ran and the system prompt it sent."""
+    system_prompt: _builtins.str
+    escalated_from: _builtins.int
+    """The failed run this one retried on the next target of the role's chain
+    (an escalation), 0 for none; escalation says from where to where and why.
+    """
+    time_to_first_token_seconds: _builtins.float
+    """Seconds from the job's start to its first token; 0 when none came."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def escalation(self) -> Global___Escalation: ...
     def __init__(
         self,
         *,
@@ -455,14 +533,51 @@ class Run(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         started_by: _builtins.str = ...,
+        role: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        escalated_from: _builtins.int = ...,
+        escalation: Global___Escalation | None = ...,
+        time_to_first_token_seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "escalation", b"escalation", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_hash", b"context_hash", "cost", b"cost", "end_message", b"end_message", "end_reason", b"end_reason", "end_time", b"end_time", "engine", b"engine", "input_tokens", b"input_tokens", "job_id", b"job_id", "max_tokens", b"max_tokens", "model", b"model", "output", b"output", "output_tokens", b"output_tokens", "project_id", b"project_id", "rerun_of", b"rerun_of", "routing_report_json", b"routing_report_json", "run_id", b"run_id", "seed", b"seed", "start_time", b"start_time", "started_by", b"started_by", "status", b"status", "task_id", b"task_id", "temperature", b"temperature", "weights_digest", b"weights_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_hash", b"context_hash", "cost", b"cost", "end_message", b"end_message", "end_reason", b"end_reason", "end_time", b"end_time", "engine", b"engine", "escalated_from", b"escalated_from", "escalation", b"escalation", "input_tokens", b"input_tokens", "job_id", b"job_id", "max_tokens", b"max_tokens", "model", b"model", "output", b"output", "output_tokens", b"output_tokens", "project_id", b"project_id", "rerun_of", b"rerun_of", "role", b"role", "routing_report_json", b"routing_report_json", "run_id", b"run_id", "seed", b"seed", "start_time", b"start_time", "started_by", b"started_by", "status", b"status", "system_prompt", b"system_prompt", "task_id", b"task_id", "temperature", b"temperature", "time_to_first_token_seconds", b"time_to_first_token_seconds", "weights_digest", b"weights_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Escalation(_message.Message):
+    """A failed run retried once on the next target of its role's chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_TARGET_FIELD_NUMBER: _builtins.int
+    TO_TARGET_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    from_target: _builtins.str
+    """The target the failed run was on, and the one the retry runs on."""
+    to_target: _builtins.str
+    cause: _builtins.str
+    """The failed run's end reason (ENGINE_ERROR, WORKER_LOST, ...) and message."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_target: _builtins.str = ...,
+        to_target: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "from_target", b"from_target", "message", b"message", "to_target", b"to_target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Escalation: _TypeAlias = Escalation  # noqa: Y015
 
 @_typing.final
 class Project(_message.Message):
@@ -1618,3 +1733,899 @@ class GetProjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProjectResponse: _TypeAlias = GetProjectResponse  # noqa: Y015
+
+@_typing.final
+class PlanTask(_message.Message):
+    """One task of a plan, before it exists."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    PRODUCES_INDEX_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """Unique in the plan: what requires names (letters, digits, . _ -)."""
+    name: _builtins.str
+    role: _builtins.str
+    """One of the roles ListRoles lists."""
+    prompt: _builtins.str
+    priority: _builtins.int
+    """Lower runs first."""
+    produces_index: _builtins.bool
+    """Its output becomes the project's INDEX document; it requires nothing
+    and every task of the plan that requires nothing else requires it.
+    """
+    @_builtins.property
+    def requires(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys of the tasks of the plan this one requires."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        requires: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
+        produces_index: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name", "priority", b"priority", "produces_index", b"produces_index", "prompt", b"prompt", "requires", b"requires", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanTask: _TypeAlias = PlanTask  # noqa: Y015
+
+@_typing.final
+class PlanDraft(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    summary: _builtins.str
+    """The manager's summary of the plan."""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanTask]: ...
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___PlanTask] | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanDraft: _TypeAlias = PlanDraft  # noqa: Y015
+
+@_typing.final
+class PlanAttempt(_message.Message):
+    """One job of a proposal and what came of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    status: _builtins.str
+    """valid, invalid (the answer was no valid plan) or failed (the job did
+    not complete).
+    """
+    job_id: _builtins.str
+    model: _builtins.str
+    output: _builtins.str
+    """The manager's answer as it came."""
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost: _builtins.float
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the answer is no valid plan ("tasks[2].role: ..."), or why the job failed."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        status: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+        output: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost: _builtins.float = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost", b"cost", "end_time", b"end_time", "errors", b"errors", "input_tokens", b"input_tokens", "job_id", b"job_id", "model", b"model", "output", b"output", "output_tokens", b"output_tokens", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanAttempt: _TypeAlias = PlanAttempt  # noqa: Y015
+
+@_typing.final
+class Plan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TaskIdsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    INDEX_TASK_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    project_id: _builtins.str
+    goal: _builtins.str
+    status: Global___PlanStatus.ValueType
+    revision: _builtins.int
+    """Bumped by every edit."""
+    reason: _builtins.str
+    """Why it was rejected, or why the proposal failed."""
+    index_task_id: _builtins.int
+    """The task that produces the INDEX; 0 for none."""
+    model: _builtins.str
+    """The model asked for; empty for the manager role's."""
+    created_by: _builtins.str
+    updated_by: _builtins.str
+    decided_by: _builtins.str
+    @_builtins.property
+    def draft(self) -> Global___PlanDraft: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAttempt]: ...
+    @_builtins.property
+    def task_ids(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Key -> task id, once approved."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When and by whom it was approved or rejected."""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+        project_id: _builtins.str = ...,
+        goal: _builtins.str = ...,
+        status: Global___PlanStatus.ValueType = ...,
+        draft: Global___PlanDraft | None = ...,
+        revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        attempts: _abc.Iterable[Global___PlanAttempt] | None = ...,
+        task_ids: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        index_task_id: _builtins.int = ...,
+        model: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+        decided_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "draft", b"draft", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "created_by", b"created_by", "decide_time", b"decide_time", "decided_by", b"decided_by", "draft", b"draft", "goal", b"goal", "index_task_id", b"index_task_id", "model", b"model", "plan_id", b"plan_id", "project_id", b"project_id", "reason", b"reason", "revision", b"revision", "status", b"status", "task_ids", b"task_ids", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class ProposePlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """The project (created with the plan when new)."""
+    goal: _builtins.str
+    agent: _builtins.str
+    """Who asks."""
+    max_attempts: _builtins.int
+    """Jobs in all, the first included; 0 for 3, at most 5."""
+    model: _builtins.str
+    """A model for the manager's jobs; empty for the manager role's chain."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        goal: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        max_attempts: _builtins.int = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "goal", b"goal", "max_attempts", b"max_attempts", "model", b"model", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposePlanRequest: _TypeAlias = ProposePlanRequest  # noqa: Y015
+
+@_typing.final
+class ProposePlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposePlanResponse: _TypeAlias = ProposePlanResponse  # noqa: Y015
+
+@_typing.final
+class GetPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanRequest: _TypeAlias = GetPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanResponse: _TypeAlias = GetPlanResponse  # noqa: Y015
+
+@_typing.final
+class ListPlansRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    status: Global___PlanStatus.ValueType
+    """When set, only plans in this status."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        status: Global___PlanStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlansRequest: _TypeAlias = ListPlansRequest  # noqa: Y015
+
+@_typing.final
+class ListPlansResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plan]: ...
+    def __init__(
+        self,
+        *,
+        plans: _abc.Iterable[Global___Plan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plans", b"plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlansResponse: _TypeAlias = ListPlansResponse  # noqa: Y015
+
+@_typing.final
+class EditPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    revision: _builtins.int
+    """The revision the edit was made on; 0 skips the check (else ABORTED,
+    REVISION_MISMATCH when the plan changed meanwhile).
+    """
+    agent: _builtins.str
+    @_builtins.property
+    def draft(self) -> Global___PlanDraft:
+        """The whole new draft."""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+        draft: Global___PlanDraft | None = ...,
+        revision: _builtins.int = ...,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "draft", b"draft", "plan_id", b"plan_id", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditPlanRequest: _TypeAlias = EditPlanRequest  # noqa: Y015
+
+@_typing.final
+class EditPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditPlanResponse: _TypeAlias = EditPlanResponse  # noqa: Y015
+
+@_typing.final
+class ApprovePlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    revision: _builtins.int
+    """As in EditPlanRequest."""
+    agent: _builtins.str
+    @_builtins.property
+    def draft(self) -> Global___PlanDraft:
+        """When set, approve this draft (an edit) instead of the stored one."""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+        draft: Global___PlanDraft | None = ...,
+        revision: _builtins.int = ...,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "draft", b"draft", "plan_id", b"plan_id", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePlanRequest: _TypeAlias = ApprovePlanRequest  # noqa: Y015
+
+@_typing.final
+class ApprovePlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan: ...
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """The tasks and requires links created, in plan order."""
+
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
+        links: _abc.Iterable[Global___Link] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "plan", b"plan", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePlanResponse: _TypeAlias = ApprovePlanResponse  # noqa: Y015
+
+@_typing.final
+class RejectPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.int
+    reason: _builtins.str
+    """Required: why."""
+    agent: _builtins.str
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "plan_id", b"plan_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPlanRequest: _TypeAlias = RejectPlanRequest  # noqa: Y015
+
+@_typing.final
+class RejectPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPlanResponse: _TypeAlias = RejectPlanResponse  # noqa: Y015
+
+@_typing.final
+class RoleRoute(_message.Message):
+    """Where a role's jobs would run now, as the router decides in a dry run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOSEN_TARGET_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    MATCHED_RULES_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    chosen_target: _builtins.str
+    reason: _builtins.str
+    """The chosen candidate's stable reason (ROLE_DEFAULT, ROLE_FALLBACK, ...) and detail."""
+    detail: _builtins.str
+    error_reason: _builtins.str
+    """Set when the router refused (POLICY_DENIED, MODEL_NOT_FOUND, ...)."""
+    error_message: _builtins.str
+    @_builtins.property
+    def chain(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Best first: the chosen target, then its fallbacks."""
+
+    @_builtins.property
+    def matched_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        chosen_target: _builtins.str = ...,
+        chain: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        matched_rules: _abc.Iterable[_builtins.str] | None = ...,
+        error_reason: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "chosen_target", b"chosen_target", "detail", b"detail", "error_message", b"error_message", "error_reason", b"error_reason", "matched_rules", b"matched_rules", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoleRoute: _TypeAlias = RoleRoute  # noqa: Y015
+
+@_typing.final
+class Role(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    CONTEXT_BUDGET_FIELD_NUMBER: _builtins.int
+    CONTEXT_TIERS_FIELD_NUMBER: _builtins.int
+    ANY_TOOL_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    system_prompt: _builtins.str
+    context_budget: _builtins.int
+    """Context policy: tokens of context of its tasks that set none (0: the
+    orchestrator's default) and the bundle tiers they draw on.
+    """
+    any_tool: _builtins.bool
+    """Tool permissions: any_tool, or only the tools named."""
+    builtin: _builtins.bool
+    """One of the five built-in roles; named in the models file."""
+    configured: _builtins.bool
+    is_default: _builtins.bool
+    """The role of tasks that name none."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The default model chain, best first; empty: the router's fallback."""
+
+    @_builtins.property
+    def context_tiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def route(self) -> Global___RoleRoute:
+        """Set when ListRolesRequest.route was."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        context_budget: _builtins.int = ...,
+        context_tiers: _abc.Iterable[_builtins.str] | None = ...,
+        any_tool: _builtins.bool = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
+        builtin: _builtins.bool = ...,
+        configured: _builtins.bool = ...,
+        route: Global___RoleRoute | None = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_tool", b"any_tool", "builtin", b"builtin", "configured", b"configured", "context_budget", b"context_budget", "context_tiers", b"context_tiers", "description", b"description", "is_default", b"is_default", "models", b"models", "name", b"name", "route", b"route", "system_prompt", b"system_prompt", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
+@_typing.final
+class ListRolesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    route: _builtins.bool
+    """Also ask the router where each role's jobs would run now."""
+    def __init__(
+        self,
+        *,
+        route: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolesRequest: _TypeAlias = ListRolesRequest  # noqa: Y015
+
+@_typing.final
+class ListRolesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Role]: ...
+    def __init__(
+        self,
+        *,
+        roles: _abc.Iterable[Global___Role] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolesResponse: _TypeAlias = ListRolesResponse  # noqa: Y015
+
+@_typing.final
+class StatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """Narrow to one project and/or one agent (who started the runs)."""
+    agent: _builtins.str
+    group_by: Global___StatsGrouping.ValueType
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Jobs started at or after start_time and before end_time (unset: unbounded)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        group_by: Global___StatsGrouping.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "end_time", b"end_time", "group_by", b"group_by", "project_id", b"project_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsRequest: _TypeAlias = StatsRequest  # noqa: Y015
+
+@_typing.final
+class StatsRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TIMED_JOBS_FIELD_NUMBER: _builtins.int
+    MEAN_TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
+    P95_TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The day, month, role, model, or "all"."""
+    jobs: _builtins.int
+    failed: _builtins.int
+    """Jobs that did not complete, and their share of jobs."""
+    failure_rate: _builtins.float
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost: _builtins.float
+    timed_jobs: _builtins.int
+    """Jobs with a first token, and their mean and 95th percentile time to it."""
+    mean_time_to_first_token_seconds: _builtins.float
+    p95_time_to_first_token_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        jobs: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        failure_rate: _builtins.float = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost: _builtins.float = ...,
+        timed_jobs: _builtins.int = ...,
+        mean_time_to_first_token_seconds: _builtins.float = ...,
+        p95_time_to_first_token_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "failed", b"failed", "failure_rate", b"failure_rate", "input_tokens", b"input_tokens", "jobs", b"jobs", "key", b"key", "mean_time_to_first_token_seconds", b"mean_time_to_first_token_seconds", "output_tokens", b"output_tokens", "p95_time_to_first_token_seconds", b"p95_time_to_first_token_seconds", "timed_jobs", b"timed_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsRow: _TypeAlias = StatsRow  # noqa: Y015
+
+@_typing.final
+class StatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatsRow]: ...
+    @_builtins.property
+    def total(self) -> Global___StatsRow: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___StatsRow] | None = ...,
+        total: Global___StatsRow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class WorkEvent(_message.Message):
+    """One change of the work tables, numbered without gaps in commit order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    kind: _builtins.str
+    """<entity>.<what happened>: task.created, task.status_changed,
+    link.deleted, run.ended, plan.approved, ...
+    """
+    entity: _builtins.str
+    """project, task, note, link, override, run, plan or plan_attempt."""
+    project_id: _builtins.str
+    task_id: _builtins.int
+    plan_id: _builtins.int
+    run_id: _builtins.int
+    agent: _builtins.str
+    data_json: _builtins.str
+    """The entity's state after the change (its row) as a JSON object; for a
+    deletion, its key.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        entity: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        task_id: _builtins.int = ...,
+        plan_id: _builtins.int = ...,
+        run_id: _builtins.int = ...,
+        agent: _builtins.str = ...,
+        data_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "data_json", b"data_json", "entity", b"entity", "kind", b"kind", "plan_id", b"plan_id", "project_id", b"project_id", "run_id", b"run_id", "sequence", b"sequence", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkEvent: _TypeAlias = WorkEvent  # noqa: Y015
+
+@_typing.final
+class ExportEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    since: _builtins.int
+    """Events with a sequence above this one (0: from the start)."""
+    project_id: _builtins.str
+    """Only this project's events; empty for all."""
+    limit: _builtins.int
+    """At most this many; 0 for all there are now."""
+    def __init__(
+        self,
+        *,
+        since: _builtins.int = ...,
+        project_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "project_id", b"project_id", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsRequest: _TypeAlias = ExportEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WorkEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsResponse: _TypeAlias = ExportEventsResponse  # noqa: Y015

@@ -27,16 +27,19 @@ if _version_not_supported:
 
 class TaskServiceStub:
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     def __init__(self, channel):
@@ -150,20 +153,68 @@ class TaskServiceStub:
                 request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectRequest.SerializeToString,
                 response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectResponse.FromString,
                 _registered_method=True)
+        self.ProposePlan = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/ProposePlan',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanResponse.FromString,
+                _registered_method=True)
+        self.GetPlan = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/GetPlan',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanResponse.FromString,
+                _registered_method=True)
+        self.ListPlans = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/ListPlans',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansResponse.FromString,
+                _registered_method=True)
+        self.EditPlan = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/EditPlan',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanResponse.FromString,
+                _registered_method=True)
+        self.ApprovePlan = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/ApprovePlan',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanResponse.FromString,
+                _registered_method=True)
+        self.RejectPlan = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/RejectPlan',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanResponse.FromString,
+                _registered_method=True)
+        self.ListRoles = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/ListRoles',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/hearth.api.tasks.v1.TaskService/Stats',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/hearth.api.tasks.v1.TaskService/ExportEvents',
+                request_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     def CreateTask(self, request, context):
@@ -328,6 +379,86 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposePlan(self, request, context):
+        """ProposePlan asks the manager role for a plan of the goal: a job whose
+        answer must be a JSON object matching the plan schema (tasks with keys,
+        names, roles, prompts and requires). An invalid answer is sent back with
+        the errors, up to max_attempts jobs in all; every attempt is kept on the
+        plan. Returns the draft; when no attempt gave a valid plan the plan is
+        kept as failed and the call fails: FAILED_PRECONDITION, PLAN_FAILED, the
+        last errors in the message, plan_id and attempts in metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlan(self, request, context):
+        """GetPlan returns a plan with its draft and every attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlans(self, request, context):
+        """ListPlans lists a project's plans, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditPlan(self, request, context):
+        """EditPlan replaces a draft's tasks (add, remove, change: the whole draft
+        is sent), validated as a proposal is: INVALID_ARGUMENT, PLAN_INVALID,
+        the first error's path in "field" ("draft.tasks[1].role").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApprovePlan(self, request, context):
+        """ApprovePlan (optionally with an edited draft) creates the plan's tasks
+        and requires links in one transaction; a task that produces the INDEX
+        is required by every task of the plan that requires nothing else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectPlan(self, request, context):
+        """RejectPlan rejects a draft with a reason; the draft is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoles(self, request, context):
+        """ListRoles lists the agent roles (built in and configured) with their
+        model chains, system prompts, context policies and tool permissions,
+        and, when asked, where each role's jobs would run now (the router's dry
+        run, with its reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Stats reports usage from the run records and plan attempts: jobs,
+        tokens in and out, cost, time to first token and failure rate, grouped
+        by day, month, role or model. Prompts and outputs are never read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """ExportEvents streams the work event log from a sequence number on, in
+        order: every change of a project, task, link, note, context override,
+        plan, plan attempt or run, with the entity's state after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -436,6 +567,51 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectRequest.FromString,
                     response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectResponse.SerializeToString,
             ),
+            'ProposePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposePlan,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanResponse.SerializeToString,
+            ),
+            'GetPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlan,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanResponse.SerializeToString,
+            ),
+            'ListPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlans,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansResponse.SerializeToString,
+            ),
+            'EditPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditPlan,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanResponse.SerializeToString,
+            ),
+            'ApprovePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePlan,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanResponse.SerializeToString,
+            ),
+            'RejectPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectPlan,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanResponse.SerializeToString,
+            ),
+            'ListRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoles,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsResponse.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsRequest.FromString,
+                    response_serializer=hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'hearth.api.tasks.v1.TaskService', rpc_method_handlers)
@@ -446,16 +622,19 @@ def add_TaskServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     @staticmethod
@@ -1015,6 +1194,249 @@ class TaskService:
             '/hearth.api.tasks.v1.TaskService/GetProject',
             hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectRequest.SerializeToString,
             hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/ProposePlan',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ProposePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/GetPlan',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.GetPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/ListPlans',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/EditPlan',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.EditPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/ApprovePlan',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ApprovePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/RejectPlan',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.RejectPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/ListRoles',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ListRolesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/Stats',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hearth.api.tasks.v1.TaskService/ExportEvents',
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsRequest.SerializeToString,
+            hearth_dot_api_dot_tasks_dot_v1_dot_tasks__pb2.ExportEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

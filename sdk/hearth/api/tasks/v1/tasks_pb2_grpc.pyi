@@ -28,16 +28,19 @@ GRPC_VERSION: str
 
 class TaskServiceStub:
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     @_typing.overload
@@ -113,20 +116,64 @@ class TaskServiceStub:
     """
     GetProject: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetProjectRequest, _tasks_pb2.GetProjectResponse]
     """GetProject returns a project with its INDEX document and task counts."""
+    ProposePlan: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ProposePlanRequest, _tasks_pb2.ProposePlanResponse]
+    """ProposePlan asks the manager role for a plan of the goal: a job whose
+    answer must be a JSON object matching the plan schema (tasks with keys,
+    names, roles, prompts and requires). An invalid answer is sent back with
+    the errors, up to max_attempts jobs in all; every attempt is kept on the
+    plan. Returns the draft; when no attempt gave a valid plan the plan is
+    kept as failed and the call fails: FAILED_PRECONDITION, PLAN_FAILED, the
+    last errors in the message, plan_id and attempts in metadata.
+    """
+    GetPlan: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetPlanRequest, _tasks_pb2.GetPlanResponse]
+    """GetPlan returns a plan with its draft and every attempt."""
+    ListPlans: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListPlansRequest, _tasks_pb2.ListPlansResponse]
+    """ListPlans lists a project's plans, newest first."""
+    EditPlan: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.EditPlanRequest, _tasks_pb2.EditPlanResponse]
+    """EditPlan replaces a draft's tasks (add, remove, change: the whole draft
+    is sent), validated as a proposal is: INVALID_ARGUMENT, PLAN_INVALID,
+    the first error's path in "field" ("draft.tasks[1].role").
+    """
+    ApprovePlan: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ApprovePlanRequest, _tasks_pb2.ApprovePlanResponse]
+    """ApprovePlan (optionally with an edited draft) creates the plan's tasks
+    and requires links in one transaction; a task that produces the INDEX
+    is required by every task of the plan that requires nothing else.
+    """
+    RejectPlan: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.RejectPlanRequest, _tasks_pb2.RejectPlanResponse]
+    """RejectPlan rejects a draft with a reason; the draft is kept."""
+    ListRoles: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListRolesRequest, _tasks_pb2.ListRolesResponse]
+    """ListRoles lists the agent roles (built in and configured) with their
+    model chains, system prompts, context policies and tool permissions,
+    and, when asked, where each role's jobs would run now (the router's dry
+    run, with its reason).
+    """
+    Stats: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.StatsRequest, _tasks_pb2.StatsResponse]
+    """Stats reports usage from the run records and plan attempts: jobs,
+    tokens in and out, cost, time to first token and failure rate, grouped
+    by day, month, role or model. Prompts and outputs are never read.
+    """
+    ExportEvents: _grpc.UnaryStreamMultiCallable[_tasks_pb2.ExportEventsRequest, _tasks_pb2.ExportEventsResponse]
+    """ExportEvents streams the work event log from a sequence number on, in
+    order: every change of a project, task, link, note, context override,
+    plan, plan attempt or run, with the entity's state after it.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -199,19 +246,63 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """
     GetProject: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetProjectRequest, _tasks_pb2.GetProjectResponse]  # type: ignore[assignment]
     """GetProject returns a project with its INDEX document and task counts."""
+    ProposePlan: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ProposePlanRequest, _tasks_pb2.ProposePlanResponse]  # type: ignore[assignment]
+    """ProposePlan asks the manager role for a plan of the goal: a job whose
+    answer must be a JSON object matching the plan schema (tasks with keys,
+    names, roles, prompts and requires). An invalid answer is sent back with
+    the errors, up to max_attempts jobs in all; every attempt is kept on the
+    plan. Returns the draft; when no attempt gave a valid plan the plan is
+    kept as failed and the call fails: FAILED_PRECONDITION, PLAN_FAILED, the
+    last errors in the message, plan_id and attempts in metadata.
+    """
+    GetPlan: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetPlanRequest, _tasks_pb2.GetPlanResponse]  # type: ignore[assignment]
+    """GetPlan returns a plan with its draft and every attempt."""
+    ListPlans: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListPlansRequest, _tasks_pb2.ListPlansResponse]  # type: ignore[assignment]
+    """ListPlans lists a project's plans, newest first."""
+    EditPlan: _aio.UnaryUnaryMultiCallable[_tasks_pb2.EditPlanRequest, _tasks_pb2.EditPlanResponse]  # type: ignore[assignment]
+    """EditPlan replaces a draft's tasks (add, remove, change: the whole draft
+    is sent), validated as a proposal is: INVALID_ARGUMENT, PLAN_INVALID,
+    the first error's path in "field" ("draft.tasks[1].role").
+    """
+    ApprovePlan: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ApprovePlanRequest, _tasks_pb2.ApprovePlanResponse]  # type: ignore[assignment]
+    """ApprovePlan (optionally with an edited draft) creates the plan's tasks
+    and requires links in one transaction; a task that produces the INDEX
+    is required by every task of the plan that requires nothing else.
+    """
+    RejectPlan: _aio.UnaryUnaryMultiCallable[_tasks_pb2.RejectPlanRequest, _tasks_pb2.RejectPlanResponse]  # type: ignore[assignment]
+    """RejectPlan rejects a draft with a reason; the draft is kept."""
+    ListRoles: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListRolesRequest, _tasks_pb2.ListRolesResponse]  # type: ignore[assignment]
+    """ListRoles lists the agent roles (built in and configured) with their
+    model chains, system prompts, context policies and tool permissions,
+    and, when asked, where each role's jobs would run now (the router's dry
+    run, with its reason).
+    """
+    Stats: _aio.UnaryUnaryMultiCallable[_tasks_pb2.StatsRequest, _tasks_pb2.StatsResponse]  # type: ignore[assignment]
+    """Stats reports usage from the run records and plan attempts: jobs,
+    tokens in and out, cost, time to first token and failure rate, grouped
+    by day, month, role or model. Prompts and outputs are never read.
+    """
+    ExportEvents: _aio.UnaryStreamMultiCallable[_tasks_pb2.ExportEventsRequest, _tasks_pb2.ExportEventsResponse]  # type: ignore[assignment]
+    """ExportEvents streams the work event log from a sequence number on, in
+    order: every change of a project, task, link, note, context override,
+    plan, plan attempt or run, with the entity's state after it.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService is Hearth's API for work: projects of tasks linked by
-    dependencies, context bundles a person can preview and steer, and runs that
-    can be reproduced. A task run is an ordinary Hearth job (routed, traced,
-    recorded); served by orchestratord beside OrchestratorService.
+    dependencies, context bundles a person can preview and steer, runs that
+    can be reproduced, plans a manager agent proposes and a person approves,
+    agent roles, usage reports and the work event log. A task run is an
+    ordinary Hearth job (routed, traced, recorded); served by orchestratord
+    beside OrchestratorService.
 
     Errors carry a stable reason (google.rpc.ErrorInfo) and, for bad input,
     the field in metadata: INVALID_ARGUMENT (INVALID_FIELD, INVALID_TEXT,
-    BUDGET_TOO_LARGE), NOT_FOUND (TASK_NOT_FOUND, PROJECT_NOT_FOUND,
-    RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND), FAILED_PRECONDITION
-    (DEPENDENCY_CYCLE with the cycle in metadata, CROSS_PROJECT_LINK,
-    TASK_CLOSED, TASK_RUNNING, NOT_APPROVED).
+    BUDGET_TOO_LARGE, PLAN_INVALID), NOT_FOUND (TASK_NOT_FOUND,
+    PROJECT_NOT_FOUND, RUN_NOT_FOUND, LINK_NOT_FOUND, PIN_NOT_FOUND,
+    PLAN_NOT_FOUND), FAILED_PRECONDITION (DEPENDENCY_CYCLE with the cycle in
+    metadata, CROSS_PROJECT_LINK, TASK_CLOSED, TASK_RUNNING, NOT_APPROVED,
+    PLAN_NOT_DRAFT, PLAN_FAILED), ABORTED (REVISION_MISMATCH).
     """
 
     @_abc_1.abstractmethod
@@ -408,5 +499,100 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.GetProjectResponse, _abc.Awaitable[_tasks_pb2.GetProjectResponse]]:
         """GetProject returns a project with its INDEX document and task counts."""
+
+    @_abc_1.abstractmethod
+    def ProposePlan(
+        self,
+        request: _tasks_pb2.ProposePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ProposePlanResponse, _abc.Awaitable[_tasks_pb2.ProposePlanResponse]]:
+        """ProposePlan asks the manager role for a plan of the goal: a job whose
+        answer must be a JSON object matching the plan schema (tasks with keys,
+        names, roles, prompts and requires). An invalid answer is sent back with
+        the errors, up to max_attempts jobs in all; every attempt is kept on the
+        plan. Returns the draft; when no attempt gave a valid plan the plan is
+        kept as failed and the call fails: FAILED_PRECONDITION, PLAN_FAILED, the
+        last errors in the message, plan_id and attempts in metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPlan(
+        self,
+        request: _tasks_pb2.GetPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.GetPlanResponse, _abc.Awaitable[_tasks_pb2.GetPlanResponse]]:
+        """GetPlan returns a plan with its draft and every attempt."""
+
+    @_abc_1.abstractmethod
+    def ListPlans(
+        self,
+        request: _tasks_pb2.ListPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ListPlansResponse, _abc.Awaitable[_tasks_pb2.ListPlansResponse]]:
+        """ListPlans lists a project's plans, newest first."""
+
+    @_abc_1.abstractmethod
+    def EditPlan(
+        self,
+        request: _tasks_pb2.EditPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.EditPlanResponse, _abc.Awaitable[_tasks_pb2.EditPlanResponse]]:
+        """EditPlan replaces a draft's tasks (add, remove, change: the whole draft
+        is sent), validated as a proposal is: INVALID_ARGUMENT, PLAN_INVALID,
+        the first error's path in "field" ("draft.tasks[1].role").
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePlan(
+        self,
+        request: _tasks_pb2.ApprovePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ApprovePlanResponse, _abc.Awaitable[_tasks_pb2.ApprovePlanResponse]]:
+        """ApprovePlan (optionally with an edited draft) creates the plan's tasks
+        and requires links in one transaction; a task that produces the INDEX
+        is required by every task of the plan that requires nothing else.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectPlan(
+        self,
+        request: _tasks_pb2.RejectPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.RejectPlanResponse, _abc.Awaitable[_tasks_pb2.RejectPlanResponse]]:
+        """RejectPlan rejects a draft with a reason; the draft is kept."""
+
+    @_abc_1.abstractmethod
+    def ListRoles(
+        self,
+        request: _tasks_pb2.ListRolesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ListRolesResponse, _abc.Awaitable[_tasks_pb2.ListRolesResponse]]:
+        """ListRoles lists the agent roles (built in and configured) with their
+        model chains, system prompts, context policies and tool permissions,
+        and, when asked, where each role's jobs would run now (the router's dry
+        run, with its reason).
+        """
+
+    @_abc_1.abstractmethod
+    def Stats(
+        self,
+        request: _tasks_pb2.StatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.StatsResponse, _abc.Awaitable[_tasks_pb2.StatsResponse]]:
+        """Stats reports usage from the run records and plan attempts: jobs,
+        tokens in and out, cost, time to first token and failure rate, grouped
+        by day, month, role or model. Prompts and outputs are never read.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEvents(
+        self,
+        request: _tasks_pb2.ExportEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.ExportEventsResponse], _abc.AsyncIterator[_tasks_pb2.ExportEventsResponse]]:
+        """ExportEvents streams the work event log from a sequence number on, in
+        order: every change of a project, task, link, note, context override,
+        plan, plan attempt or run, with the entity's state after it.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,7 +2,12 @@
 
 Routes (all under ``/v1``, behind the API keys when any are configured):
 ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``,
-``POST /v1/embeddings``. Every error is in OpenAI's shape (see ``errors``).
+``POST /v1/embeddings``, the Anthropic Messages API (``POST /v1/messages``,
+``POST /v1/messages/count_tokens``) and the OpenAI Responses API (``POST
+/v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``). Errors are in
+OpenAI's shape (see ``errors``), under /v1/messages in Anthropic's. Every
+request that asks a model is one job, submitted, watched and cancelled on
+disconnect the same way (``_JobCalls``).
 The endpoints are thin: read and check the body, convert, call the job
 service or memoryd, convert the answer.
 """
@@ -13,7 +18,7 @@ import base64
 import json
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -27,9 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hearth.errors import HearthError
 from hearth.runtime import JOB_ID_ATTRIBUTE, ModelConfig
+from orchestratord.api.openai_http import anthropic_messages, responses
 from orchestratord.api.openai_http.auth import ApiKeys
 from orchestratord.api.openai_http.completions import (
-    ChatRequest,
     CompletionWriter,
     JobTicket,
     chat_request_from_body,
@@ -49,9 +54,18 @@ from orchestratord.api.openai_http.inflight import (
     race_client,
     shutting_down_error,
 )
-from orchestratord.api.openai_http.ports import ChatJobs, Embeddings
-from orchestratord.api.openai_http.schemas import ChatCompletionBody, EmbeddingBody
+from orchestratord.api.openai_http.job_answers import Answer, answer_events, collect_answer
+from orchestratord.api.openai_http.ports import ChatJobs, Embeddings, ResponseStore, StoredResponse
+from orchestratord.api.openai_http.schemas import (
+    ChatCompletionBody,
+    CountTokensBody,
+    EmbeddingBody,
+    MessagesBody,
+    ResponsesBody,
+)
 from orchestratord.api.openai_http.telemetry import HttpMetrics, RequestTelemetry
+from orchestratord.domain.service import SubmitResult
+from orchestratord.domain.validation import JobDraft
 
 #: The response header that names the job a chat completion ran as.
 JOB_ID_HEADER = "X-Hearth-Job-Id"
@@ -60,6 +74,11 @@ JOB_ID_HEADER = "X-Hearth-Job-Id"
 EMBEDDING_MODEL_ALIASES = frozenset({"", "default"})
 #: Status recorded for a request whose client went away before the answer.
 CLIENT_CLOSED_REQUEST = 499
+#: Routes whose errors are in Anthropic's shape.
+ANTHROPIC_PREFIX = "/v1/messages"
+#: The key header Anthropic clients send (``Authorization: Bearer`` works too).
+ANTHROPIC_KEY_HEADER = "x-api-key"
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -75,6 +94,7 @@ def create_app(
     metrics: HttpMetrics,
     max_request_bytes: int = 8 * 1024 * 1024,
     created: float | None = None,
+    stored_responses: ResponseStore | None = None,
 ) -> FastAPI:
     """The HTTP API over the job service and memoryd.
 
@@ -90,6 +110,9 @@ def create_app(
         max_request_bytes: larger bodies are refused with 413.
         created: the ``created`` time of the listed models (epoch seconds);
             defaults to now.
+        stored_responses: where /v1/responses keeps responses (``store``,
+            ``previous_response_id``, GET, DELETE); None: nothing is stored
+            and previous_response_id is refused.
     """
     models_created = int(time.time() if created is None else created)
     app = FastAPI(title="Hearth (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
@@ -97,56 +120,131 @@ def create_app(
     _add_error_handlers(app)
 
     def authenticate(request: Request) -> None:
-        api_keys.check(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        key = request.headers.get(ANTHROPIC_KEY_HEADER, "").strip()
+        api_keys.check(authorization if authorization or not key else f"Bearer {key}")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+    calls = _JobCalls(jobs, requests)
 
     @v1.post("/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
         body = _parse(ChatCompletionBody, await read_json_object(request, max_request_bytes))
         chat = chat_request_from_body(body, request.headers)
-        try:
-            submitted = await jobs.submit(chat.draft)
-        except HearthError as err:
-            raise from_hearth_error(
-                err, param_of=partial(openai_param, max_tokens_name=chat.max_tokens_name)
-            ) from None
-        job = submitted.job
-        trace.get_current_span().set_attribute(JOB_ID_ATTRIBUTE, job.job_id)
+        job = await calls.submit(chat.draft, partial(openai_param, max_tokens_name=chat.max_tokens_name))
         ticket = JobTicket(job.job_id)
         writer = CompletionWriter(job.job_id, job.created_at, body.model, include_usage=chat.include_usage)
         if chat.stream:
-            return JobEventStream(
-                stream_completion(jobs, ticket, writer),
-                ticket,
-                requests,
-                headers={JOB_ID_HEADER: job.job_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        return await _complete(request, chat, ticket, writer)
+            return calls.stream(stream_completion(jobs, ticket, writer), ticket)
+        return await calls.complete(request, ticket, collect_completion(jobs, ticket, writer))
 
-    async def _complete(
-        request: Request, chat: ChatRequest, ticket: JobTicket, writer: CompletionWriter
-    ) -> Response:
-        """Wait for the job's end, the client going away, or the server closing."""
-        headers = {JOB_ID_HEADER: ticket.job_id}
-        with requests.track(ticket):
-            raced = await race_client(
-                collect_completion(jobs, ticket, writer), request.receive, requests.closing
+    @v1.post("/messages")
+    async def create_message(request: Request) -> Response:
+        body = _parse(MessagesBody, await read_json_object(request, max_request_bytes))
+        asked = anthropic_messages.messages_request_from_body(body, request.headers, models)
+        job = await calls.submit(asked.draft, asked.param_of)
+        ticket = JobTicket(job.job_id)
+        answer = partial(
+            answer_events, jobs, ticket, stop_sequences=asked.stop_sequences, stop=requests.abandon
+        )
+        if asked.stream:
+            return calls.stream(
+                anthropic_messages.stream_message(answer(), job.job_id, asked.model),
+                ticket,
+                error_event=anthropic_messages.anthropic_error_event,
             )
-            collect = raced.work
-            if collect.done() and not collect.cancelled():
-                problem = collect.exception()
-                if isinstance(problem, OpenAIError):
-                    problem.headers.update(headers)
-                    raise problem
-                if problem is not None:
-                    raise problem
-                return JSONResponse(collect.result(), headers=headers)
-            if raced.client_gone:
-                return Response(status_code=CLIENT_CLOSED_REQUEST, headers=headers)
-            error = shutting_down_error()
-            error.headers.update(headers)
-            raise error
+
+        async def message() -> dict[str, Any]:
+            whole = await collect_answer(
+                jobs, ticket, asked.model, stop_sequences=asked.stop_sequences, stop=requests.abandon
+            )
+            return anthropic_messages.message_json(job.job_id, whole)
+
+        return await calls.complete(request, ticket, message())
+
+    @v1.post("/messages/count_tokens")
+    async def count_message_tokens(request: Request) -> dict[str, Any]:
+        body = _parse(CountTokensBody, await read_json_object(request, max_request_bytes))
+        return {"input_tokens": anthropic_messages.count_tokens(body)}
+
+    @v1.post("/responses")
+    async def create_response(request: Request) -> Response:
+        body = _parse(ResponsesBody, await read_json_object(request, max_request_bytes))
+        project = request.headers.get(responses.PROJECT_HEADER, "").strip()
+        previous = None
+        if body.previous_response_id:
+            previous = await _stored_response(
+                body.previous_response_id, project, param="previous_response_id"
+            )
+        asked = responses.responses_request_from_body(body, request.headers, models, previous)
+        job = await calls.submit(asked.draft, asked.param_of)
+        ticket = JobTicket(job.job_id)
+        writer = responses.ResponseWriter(job.job_id, job.created_at, asked.echo)
+
+        async def keep(answer: Answer, final: dict[str, Any]) -> None:
+            if not asked.store or stored_responses is None:
+                return
+            conversation = (*asked.history, responses.answer_message(answer))
+            stored = StoredResponse(
+                writer.id,
+                project,
+                job.job_id,
+                body.previous_response_id or "",
+                job.created_at,
+                conversation,
+                final,
+            )
+            try:
+                await stored_responses.save(stored)
+            except HearthError as err:
+                raise from_hearth_error(err) from None
+
+        if asked.stream:
+            return calls.stream(
+                responses.stream_response(answer_events(jobs, ticket), writer, keep),
+                ticket,
+                error_event=responses.error_event,
+            )
+
+        async def response() -> dict[str, Any]:
+            answer = await collect_answer(jobs, ticket, writer.model)
+            final = writer.final(answer)
+            await keep(answer, final)
+            return final
+
+        return await calls.complete(request, ticket, response())
+
+    async def _stored_response(response_id: str, project: str, *, param: str | None = None) -> StoredResponse:
+        if stored_responses is None:
+            raise OpenAIError(
+                400, "This server does not store responses.", param=param, code="unsupported_parameter"
+            )
+        try:
+            found = await stored_responses.load(response_id, project)
+        except HearthError as err:
+            raise from_hearth_error(err) from None
+        if found is None:
+            raise OpenAIError(
+                404, f"Response with id '{response_id}' not found.", param=param, code="response_not_found"
+            )
+        return found
+
+    @v1.get("/responses/{response_id}")
+    async def retrieve_response(request: Request, response_id: str) -> dict[str, Any]:
+        project = request.headers.get(responses.PROJECT_HEADER, "").strip()
+        return dict((await _stored_response(response_id, project)).body)
+
+    @v1.delete("/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
+        project = request.headers.get(responses.PROJECT_HEADER, "").strip()
+        await _stored_response(response_id, project)
+        try:
+            deleted = stored_responses is not None and await stored_responses.delete(response_id, project)
+        except HearthError as err:
+            raise from_hearth_error(err) from None
+        if not deleted:
+            raise OpenAIError(404, f"Response with id '{response_id}' not found.", code="response_not_found")
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
@@ -209,9 +307,70 @@ def create_app(
     return app
 
 
+class _JobCalls:
+    """The one way every endpoint that asks a model runs its job: submit the
+    draft (validated, routed, budgeted, persisted, traced under the request's
+    span), then either stream its answer (:class:`JobEventStream`) or wait
+    for it while watching for the client going away and the server closing;
+    a request that ends before its job cancels it (:class:`JobRequests`)."""
+
+    def __init__(self, jobs: ChatJobs, requests: JobRequests) -> None:
+        self._jobs = jobs
+        self._requests = requests
+
+    async def submit(self, draft: JobDraft, param_of: Callable[[str], str | None]) -> Any:
+        """The job's snapshot; Hearth errors as HTTP errors, their field named by ``param_of``."""
+        try:
+            submitted: SubmitResult = await self._jobs.submit(draft)
+        except HearthError as err:
+            raise from_hearth_error(err, param_of=param_of) from None
+        trace.get_current_span().set_attribute(JOB_ID_ATTRIBUTE, submitted.job.job_id)
+        return submitted.job
+
+    def stream(
+        self,
+        events: AsyncGenerator[bytes, None],
+        ticket: JobTicket,
+        *,
+        error_event: Callable[[OpenAIError], bytes] | None = None,
+    ) -> Response:
+        return JobEventStream(
+            events,
+            ticket,
+            self._requests,
+            headers={JOB_ID_HEADER: ticket.job_id, **_STREAM_HEADERS},
+            error_event=error_event,
+        )
+
+    async def complete(
+        self, request: Request, ticket: JobTicket, work: Coroutine[Any, Any, Mapping[str, Any]]
+    ) -> Response:
+        """Wait for ``work`` (the whole answer), the client going away, or the server closing."""
+        headers = {JOB_ID_HEADER: ticket.job_id}
+        with self._requests.track(ticket):
+            raced = await race_client(work, request.receive, self._requests.closing)
+            collect = raced.work
+            if collect.done() and not collect.cancelled():
+                problem = collect.exception()
+                if isinstance(problem, OpenAIError):
+                    problem.headers.update(headers)
+                    raise problem
+                if problem is not None:
+                    raise problem
+                return JSONResponse(collect.result(), headers=headers)
+            if raced.client_gone:
+                return Response(status_code=CLIENT_CLOSED_REQUEST, headers=headers)
+            error = shutting_down_error()
+            error.headers.update(headers)
+            raise error
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     async def openai_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, OpenAIError)
+        if request.url.path.startswith(ANTHROPIC_PREFIX):
+            body = anthropic_messages.anthropic_error_body(exc)
+            return JSONResponse(body, status_code=exc.status, headers=exc.headers)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     async def hearth_error(request: Request, exc: Exception) -> Response:

@@ -10,25 +10,30 @@ builds the whole object. Usage comes from the job's run record.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallAssembler, ToolCallDelta
-from hearth.errors import HearthError
-from orchestratord.api.openai_http.errors import (
-    OpenAIError,
-    from_hearth_error,
-    from_job_failure,
-    internal_error,
-    job_cancelled,
+from hearth.chat import ChatMessage, Tool, ToolCall, ToolCallDelta
+from orchestratord.api.openai_http.errors import OpenAIError, from_job_failure
+from orchestratord.api.openai_http.job_answers import (
+    Begun,
+    Broke,
+    Discarded,
+    Ended,
+    Held,
+    JobTicket,
+    Piece,
+    Usage,
+    answer_events,
+    closing,
+    collect_answer,
+    run_usage,
 )
 from orchestratord.api.openai_http.ports import ChatJobs
 from orchestratord.api.openai_http.schemas import ChatCompletionBody, MessageBody
-from orchestratord.domain.jobs import Cancelled, Completed, Failed, Fallback, Started, Tokens, Waiting
 from orchestratord.domain.validation import JobDraft
 
 log = logging.getLogger(__name__)
@@ -226,17 +231,6 @@ def _tool_choice(value: Any) -> str:
 # --- answers -------------------------------------------------------------------
 
 
-class JobTicket:
-    """The job one request created, and whether the request saw its end (a
-    request that ends before its job does cancels it)."""
-
-    __slots__ = ("ended", "job_id")
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        self.ended = False
-
-
 class CompletionWriter:
     """Builds the OpenAI objects of one job's answer.
 
@@ -329,30 +323,16 @@ def server_sent(data: dict[str, Any]) -> bytes:
 
 async def usage_of(jobs: ChatJobs, job_id: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
     """Usage from the job's run record (what GetJob shows), falling back to
-    the counts its events carried."""
-    try:
-        run = (await jobs.get(job_id)).run
-    except HearthError as err:
-        log.warning("job %s: no run record for usage (%s); using its events' counts", job_id, err.reason)
-        run = None
-    if run is not None:
-        input_tokens, output_tokens = run.input_tokens, run.output_tokens
+    the counts its events carried, in OpenAI's shape."""
+    return usage_json(await run_usage(jobs, job_id, input_tokens, output_tokens))
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
     return {
-        "prompt_tokens": input_tokens,
-        "completion_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens,
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
     }
-
-
-@contextlib.asynccontextmanager
-async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[AsyncIterator[Any]]:
-    """Close an event iterator when the reader leaves it early (a client gone)."""
-    try:
-        yield events
-    finally:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
 
 
 async def stream_completion(
@@ -372,68 +352,37 @@ async def stream_completion(
     the request's end then cancels the job. A fallback before any of the
     answer was sent changes nothing for the client.
     """
-    started = False
-    answered = False
-    first_pieces: set[int] = set()
-    input_tokens = 0
     role_delta = {"role": "assistant", "content": ""}
-    try:
-        async with _closing(jobs.watch(ticket.job_id)) as events:
-            async for event in events:
-                body = event.body
-                if isinstance(body, Started):
-                    writer.model = body.model or writer.model
-                    input_tokens = body.input_tokens
-                    if not started:
-                        started = True
-                        yield server_sent(writer.chunk(role_delta))
-                elif isinstance(body, Tokens):
-                    if not started:
-                        started = True
-                        yield server_sent(writer.chunk(role_delta))
-                    delta: dict[str, Any] = {}
-                    if body.text:
-                        delta["content"] = body.text
-                    if body.tool_calls:
-                        pieces = []
-                        for piece in body.tool_calls:
-                            pieces.append(tool_call_delta_json(piece, first=piece.index not in first_pieces))
-                            first_pieces.add(piece.index)
-                        delta["tool_calls"] = pieces
-                    if delta:
-                        answered = True
-                        yield server_sent(writer.chunk(delta))
-                elif isinstance(body, Fallback):
-                    if body.output_discarded and answered:
-                        message = (
-                            f"the target {body.from_target} failed ({body.cause}) after the answer began"
-                        )
-                        yield server_sent(from_job_failure("OUTPUT_DISCARDED", message).body())
-                        return
-                elif isinstance(body, Completed):
-                    ticket.ended = True
-                    if not started:
-                        yield server_sent(writer.chunk(role_delta))
-                    yield server_sent(writer.chunk({}, finish_reason_of(body.finish_reason)))
-                    if writer.include_usage:
-                        usage = await usage_of(jobs, ticket.job_id, input_tokens, body.output_tokens)
-                        yield server_sent(writer.usage_chunk(usage))
-                    yield DONE
+    events = answer_events(jobs, ticket)
+    async with closing(events):
+        async for event in events:
+            if isinstance(event, Begun):
+                writer.model = event.model or writer.model
+                yield server_sent(writer.chunk(role_delta))
+            elif isinstance(event, Piece):
+                delta: dict[str, Any] = {}
+                if event.text:
+                    delta["content"] = event.text
+                if event.tool_calls:
+                    delta["tool_calls"] = [
+                        tool_call_delta_json(piece.delta, first=piece.first) for piece in event.tool_calls
+                    ]
+                yield server_sent(writer.chunk(delta))
+            elif isinstance(event, Discarded):
+                if event.after_answer:
+                    yield server_sent(from_job_failure("OUTPUT_DISCARDED", event.message).body())
                     return
-                elif isinstance(body, Failed):
-                    ticket.ended = True
-                    yield server_sent(from_job_failure(body.reason, body.message).body())
-                    return
-                elif isinstance(body, Cancelled):
-                    ticket.ended = True
-                    yield server_sent(job_cancelled(body.reason).body())
-                    return
-                elif isinstance(body, Waiting):
-                    yield f": waiting ({body.reason})\n\n".encode()
-        log.error("job %s: its event stream ended without a terminal event", ticket.job_id)
-        yield server_sent(internal_error().body())
-    except HearthError as err:
-        yield server_sent(from_hearth_error(err).body())
+            elif isinstance(event, Ended):
+                yield server_sent(writer.chunk({}, finish_reason_of(event.finish_reason)))
+                if writer.include_usage:
+                    yield server_sent(writer.usage_chunk(usage_json(event.usage)))
+                yield DONE
+                return
+            elif isinstance(event, Broke):
+                yield server_sent(event.error.body())
+                return
+            elif isinstance(event, Held):
+                yield f": waiting ({event.reason})\n\n".encode()
 
 
 async def collect_completion(jobs: ChatJobs, ticket: JobTicket, writer: CompletionWriter) -> dict[str, Any]:
@@ -443,37 +392,8 @@ async def collect_completion(jobs: ChatJobs, ticket: JobTicket, writer: Completi
         OpenAIError: the job failed (by its reason), was cancelled (409), or
             its events could not be read.
     """
-    texts: list[str] = []
-    pieces = ToolCallAssembler()
-    input_tokens = 0
-    try:
-        async with _closing(jobs.watch(ticket.job_id)) as events:
-            async for event in events:
-                body = event.body
-                if isinstance(body, Started):
-                    writer.model = body.model or writer.model
-                    input_tokens = body.input_tokens
-                elif isinstance(body, Tokens):
-                    texts.append(body.text)
-                    pieces.extend(body.tool_calls)
-                elif isinstance(body, Fallback) and body.output_discarded:
-                    # The next target answers afresh.
-                    texts.clear()
-                    pieces = ToolCallAssembler()
-                elif isinstance(body, Completed):
-                    ticket.ended = True
-                    calls = list(body.tool_calls) or pieces.calls()
-                    usage = await usage_of(jobs, ticket.job_id, input_tokens, body.output_tokens)
-                    return writer.completion(
-                        "".join(texts), calls, finish_reason_of(body.finish_reason), usage
-                    )
-                elif isinstance(body, Failed):
-                    ticket.ended = True
-                    raise from_job_failure(body.reason, body.message)
-                elif isinstance(body, Cancelled):
-                    ticket.ended = True
-                    raise job_cancelled(body.reason)
-    except HearthError as err:
-        raise from_hearth_error(err) from None
-    log.error("job %s: its event stream ended without a terminal event", ticket.job_id)
-    raise internal_error()
+    answer = await collect_answer(jobs, ticket, writer.model)
+    writer.model = answer.model
+    return writer.completion(
+        answer.text, answer.tool_calls, finish_reason_of(answer.finish_reason), usage_json(answer.usage)
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from hearth.errors import HearthError
-from orchestratord.api.openai_http.completions import JobTicket, server_sent
+from orchestratord.api.openai_http.completions import server_sent
 from orchestratord.api.openai_http.errors import SERVER_ERROR, OpenAIError, internal_error
+from orchestratord.api.openai_http.job_answers import JobTicket
 from orchestratord.api.openai_http.ports import ChatJobs
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class JobEventStream(Response):
     Starlette's StreamingResponse notices a client that went away only at
     its next write, which for a job waiting in the queue may be minutes
     away; this one listens for the disconnect all along.
+
+    ``error_event`` writes the closing error in the API's own shape (default:
+    OpenAI's ``data: {"error": ...}``).
     """
 
     media_type = "text/event-stream"
@@ -164,10 +168,13 @@ class JobEventStream(Response):
         ticket: JobTicket,
         requests: JobRequests,
         headers: Mapping[str, str] | None = None,
+        *,
+        error_event: Callable[[OpenAIError], bytes] | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
+        self._error_event = error_event or _openai_error_event
         self._events = events
         self._ticket = ticket
         self._requests = requests
@@ -183,12 +190,12 @@ class JobEventStream(Response):
             pump = raced.work
             ending = b""
             if pump.cancelled():
-                ending = server_sent(shutting_down_error().body())
+                ending = self._error_event(shutting_down_error())
             elif (problem := pump.exception()) is not None:
                 if isinstance(problem, OSError):
                     return  # the connection broke while writing
                 log.error("job %s: the event stream failed", self._ticket.job_id, exc_info=problem)
-                ending = server_sent(internal_error().body())
+                ending = self._error_event(internal_error())
             await _send_quietly(send, {"type": "http.response.body", "body": ending, "more_body": False})
 
     async def _pump(self, send: Send) -> None:
@@ -197,6 +204,10 @@ class JobEventStream(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             await self._events.aclose()
+
+
+def _openai_error_event(error: OpenAIError) -> bytes:
+    return server_sent(error.body())
 
 
 async def _send_quietly(send: Send, message: dict[str, Any]) -> None:

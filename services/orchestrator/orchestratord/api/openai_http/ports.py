@@ -8,10 +8,11 @@ the API calls (the service satisfies it as it is; tests pass a fake).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from hearth.chat import ChatMessage
 from orchestratord.domain.jobs import JobEvent, JobSnapshot
 from orchestratord.domain.service import SubmitResult
 from orchestratord.domain.validation import JobDraft
@@ -64,3 +65,36 @@ class Embeddings(Protocol):
     """
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingBatch: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response of /v1/responses kept for ``previous_response_id`` and GET."""
+
+    #: ``resp_<job id, hex>``.
+    id: str
+    #: The project it was created under ("" for none); only the same project reads it.
+    project_id: str
+    job_id: str
+    previous_response_id: str
+    created_at: float
+    #: The conversation so far, this response's output included and the
+    #: request's instructions left out (they do not carry over).
+    messages: tuple[ChatMessage, ...]
+    #: The response object as it was returned.
+    body: Mapping[str, Any]
+
+
+class ResponseStore(Protocol):
+    """Stored responses (PostgreSQL: ``orchestratord.adapters.responses_store``).
+    Errors are ``hearth.errors`` (Unavailable when the database is down)."""
+
+    async def save(self, response: StoredResponse) -> None: ...
+
+    async def load(self, response_id: str, project_id: str) -> StoredResponse | None:
+        """The response, if it exists under this project."""
+        ...
+
+    async def delete(self, response_id: str, project_id: str) -> bool:
+        """Delete it; False when there was none under this project."""
+        ...

@@ -84,3 +84,76 @@ class EmbeddingBody(_Body):
     encoding_format: str = "float"
     dimensions: int | None = None
     user: str | None = None
+
+
+# --- Anthropic Messages (POST /v1/messages) ---------------------------------
+
+
+class AnthropicMessageBody(_Body):
+    #: user, assistant, or system (recent Claude Code versions send system
+    #: entries inside messages).
+    role: str
+    #: A string or a list of content blocks (text, tool_use, tool_result, ...).
+    content: Any = None
+
+
+class AnthropicToolBody(_Body):
+    name: str = ""
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    #: Absent or "custom" for a client tool; server tools (web_search_..., bash_...) name a version.
+    type: str | None = None
+
+
+class MessagesBody(_Body):
+    """POST /v1/messages."""
+
+    model: str
+    messages: list[AnthropicMessageBody] = Field(min_length=1)
+    max_tokens: int
+    #: A string or a list of text blocks.
+    system: Any = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    tools: list[AnthropicToolBody] | None = None
+    #: {"type": "auto" | "any" | "none"} or {"type": "tool", "name": ...}.
+    tool_choice: Any = None
+    #: {"user_id": ...}.
+    metadata: Any = None
+    stream: bool = False
+
+
+class CountTokensBody(_Body):
+    """POST /v1/messages/count_tokens."""
+
+    model: str
+    messages: list[AnthropicMessageBody] = Field(min_length=1)
+    system: Any = None
+    tools: list[AnthropicToolBody] | None = None
+    tool_choice: Any = None
+
+
+# --- OpenAI Responses (POST /v1/responses) -----------------------------------
+
+
+class ResponsesBody(_Body):
+    """POST /v1/responses."""
+
+    model: str = ""
+    #: A string or a list of input items (messages, function_call, function_call_output, ...).
+    input: Any = None
+    instructions: str | None = None
+    #: Tools as the Responses API writes them ({"type": "function", "name", "parameters"}, hosted tools).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    metadata: Any = None
+    user: str | None = None
+    #: {"format": {"type": "text"}, "verbosity": ...}; only the text format is supported.
+    text: Any = None

@@ -41,6 +41,7 @@ def build_engine(settings: Settings, model: str, *, read_gpu: Callable[[], GpuSt
             max_batch=settings.sim_max_batch,
             load_seconds=settings.sim_load_seconds,
             words=tuple(settings.sim_words),
+            script=tuple((step.reply, step.fail) for step in settings.sim_scripts.get(model, ())),
         )
     entry = next((m for m in settings.models if m.name == model), None)
     if entry is None:
@@ -78,10 +79,14 @@ def build_engine(settings: Settings, model: str, *, read_gpu: Callable[[], GpuSt
             max_retries=entry.max_retries,
         )
     if engine == "vllm":
+        from workerd.adapters.engines.vllm_command import find_vllm_command
         from workerd.adapters.engines.vllm_engine import VllmEngine, VllmOptions
 
+        command = find_vllm_command(configured=settings.vllm_command, python=settings.vllm_python)
+        log.info("vllm for %r: %s (from %s)", model, " ".join(command.argv), command.source)
         options = VllmOptions(
-            executable=list(settings.vllm_command),
+            executable=list(command.argv),
+            model_flag=command.model_flag,
             model_path=entry.path or entry.upstream_model,
             served_model_name=entry.name,
             max_model_len=entry.context_length,
@@ -90,6 +95,7 @@ def build_engine(settings: Settings, model: str, *, read_gpu: Callable[[], GpuSt
             load_timeout_seconds=settings.vllm_load_timeout_seconds,
             reserve_mib=settings.vllm_reserve_mib,
             restart_max=settings.vllm_restart_max,
+            nice=settings.vllm_nice,
         )
         return VllmEngine(served, options, read_gpu=read_gpu, timeout_seconds=entry.timeout_seconds)
     if engine == "cli":

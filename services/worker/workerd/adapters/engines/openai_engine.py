@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Sent when no key is configured: the client insists on one, and servers
 #: started without --api-key (vLLM, llama.cpp, Ollama) ignore it.
 _NO_KEY: Final = "no-key"
+#: Longest a stream's reader keeps the event loop before it lets other tasks run.
+_MAX_LOOP_HOLD_SECONDS: Final = 0.005
 
 
 class OpenAIEngine(RemoteChatEngine):
@@ -195,7 +197,16 @@ class OpenAIEngine(RemoteChatEngine):
             finish: str | None = None
             input_tokens: int | None = None
             output_tokens: int | None = None
+            loop = asyncio.get_running_loop()
+            yielded_at = loop.time()
             async for chunk in stream:
+                # A fast upstream keeps the socket readable, and reading a readable
+                # socket never waits: without a yield now and then one stream would
+                # hold the event loop (heartbeats, cancellations, every other
+                # stream) for as long as it outruns this process.
+                if loop.time() - yielded_at > _MAX_LOOP_HOLD_SECONDS:
+                    await asyncio.sleep(0)
+                    yielded_at = loop.time()
                 usage = getattr(chunk, "usage", None)
                 if usage is not None:
                     input_tokens = getattr(usage, "prompt_tokens", None)

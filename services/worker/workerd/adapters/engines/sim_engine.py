@@ -4,7 +4,10 @@ It runs no model and needs no GPU. It reproduces the timing of one: a prefill
 cost per prompt token, a fixed decode step, a bounded batch with continuous
 batching and a FIFO wait for a slot, so that load, scale and chaos tests of
 the whole stack behave as they would against a real engine. The text it
-streams is deterministic pseudo-words.
+streams is deterministic pseudo-words, or, for a scripted model (a test
+double for end-to-end tests), the scripted replies in turn: each streamed as
+written, one whitespace-led piece per token, finishing "stop" (or "length"
+when max_tokens cuts it), then failing with the step's reason if it names one.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final, Literal
 
-from hearth.errors import AlreadyExists, Unavailable
+from hearth.errors import AlreadyExists, Internal, Unavailable
 from workerd.domain.engine import (
     Engine,
     EngineStats,
@@ -66,6 +70,7 @@ class _Sequence:
         "input_tokens",
         "job_id",
         "max_tokens",
+        "pieces",
         "produced",
         "queue",
         "ready_at",
@@ -74,10 +79,21 @@ class _Sequence:
     )
 
     def __init__(
-        self, job_id: str, input_tokens: int, max_tokens: int, seed: int, words: tuple[str, ...]
+        self,
+        job_id: str,
+        input_tokens: int,
+        max_tokens: int,
+        seed: int,
+        words: tuple[str, ...],
+        pieces: list[str] | None = None,
     ) -> None:
         self.job_id = job_id
         self.words = words
+        #: A scripted reply's tokens (None: pseudo-words); the sequence ends
+        #: when they run out.
+        self.pieces = pieces
+        if pieces is not None:
+            max_tokens = min(max_tokens, len(pieces))
         self.input_tokens = input_tokens
         self.max_tokens = max_tokens
         self.rng = random.Random(f"{seed}:{job_id}")
@@ -90,6 +106,8 @@ class _Sequence:
         self.aborted = False
 
     def next_token(self) -> str:
+        if self.pieces is not None:
+            return self.pieces[self.produced]
         return " " + self.rng.choice(self.words)
 
 
@@ -121,6 +139,8 @@ class SimEngine(Engine):
         decode_seconds_per_step: simulated time of one decode step of the batch.
         max_batch: most sequences decoded together.
         load_seconds: simulated model load time, spent in start().
+        script: (reply, fail reason) of the generations in turn, the last
+            repeating; empty: pseudo-words. A test double, not a simulation.
     """
 
     kind = "sim"
@@ -135,6 +155,7 @@ class SimEngine(Engine):
         max_batch: int = 256,
         load_seconds: float = 0.0,
         words: tuple[str, ...] = (),
+        script: Sequence[tuple[str, str]] = (),
     ) -> None:
         if context_length < 1 or max_batch < 1:
             raise ValueError("context_length and max_batch must be at least 1")
@@ -142,6 +163,8 @@ class SimEngine(Engine):
             raise ValueError("simulated times must not be negative")
         self._load_seconds = load_seconds
         self._words = words or tuple(_WORDS)
+        self._script = tuple(script)
+        self._scripted = 0
         self._model = ServedModel(model, context_length)
         self._prefill_seconds_per_token = prefill_seconds_per_token
         self._decode_seconds_per_step = decode_seconds_per_step
@@ -225,13 +248,24 @@ class SimEngine(Engine):
                 reason="JOB_ALREADY_RUNNING",
                 metadata={"job_id": request.job_id},
             )
-        seq = _Sequence(request.job_id, input_tokens, request.max_tokens, request.seed or 0, self._words)
+        pieces: list[str] | None = None
+        fail = ""
+        if self._script:
+            reply, fail = self._script[min(self._scripted, len(self._script) - 1)]
+            self._scripted += 1
+            pieces = _pieces(reply)
+        seq = _Sequence(
+            request.job_id, input_tokens, request.max_tokens, request.seed or 0, self._words, pieces
+        )
         self._sequences[seq.job_id] = seq
         self._waiting.append(seq)
         self._wakeup.set()
         delivered = 0
         try:
             yield GenerationStarted(input_tokens)
+            if pieces is not None and not pieces:
+                seq.done = True
+                seq.queue.put_nowait(_END)
             while True:
                 item = await seq.queue.get()
                 # Checked after every wait and every yield: once aborted, no
@@ -250,7 +284,10 @@ class SimEngine(Engine):
                     if seq.aborted:
                         break
                 if ended:
-                    yield GenerationFinished("length", input_tokens, delivered)
+                    if fail:
+                        raise Internal(f"scripted failure after {delivered} tokens", reason=fail)
+                    scripted_out = pieces is not None and delivered >= len(pieces)
+                    yield GenerationFinished("stop" if scripted_out else "length", input_tokens, delivered)
                     return
             yield GenerationFinished("aborted", input_tokens, delivered)
         finally:
@@ -290,3 +327,16 @@ class SimEngine(Engine):
                     continue
             still_active.append(seq)
         self._active = still_active
+
+
+def _pieces(reply: str) -> list[str]:
+    """A scripted reply as tokens: each a run of whitespace and the word
+    after it (trailing whitespace joins the last), so they join back to the
+    reply exactly."""
+    pieces = re.findall(r"\s*\S+", reply)
+    tail = reply[len("".join(pieces)) :]
+    if tail and pieces:
+        pieces[-1] += tail
+    elif tail:
+        pieces = [tail]
+    return pieces
