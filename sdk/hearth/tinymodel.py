@@ -78,6 +78,7 @@ def build_tiny_llama(
     hidden_size: int = 64,
     layers: int = 2,
     heads: int = 4,
+    runs_to_max_tokens: bool = False,
 ) -> Path:
     """Build a random tiny Llama and its tokenizer in ``dest``; return ``dest``.
 
@@ -91,6 +92,12 @@ def build_tiny_llama(
     shape, about 85M parameters). ``dest/HEARTH_TINY_MODEL.txt`` explains that the weights are
     random and how to configure a real model.
 
+    With ``runs_to_max_tokens`` the output row of ``</s>`` is zero: its logit
+    is always 0 while the largest of the other random logits is positive
+    (short of odds of 2 to the -900), so greedy decoding never ends a
+    generation before ``max_tokens``. Tests that cancel a long generation and
+    benchmarks that compare token counts need that; sampling may still end one.
+
     Idempotent: when ``dest`` already holds a complete build it returns at
     once. The build goes to a sibling folder first and is renamed into place,
     so a reader never sees a half-written model.
@@ -103,7 +110,13 @@ def build_tiny_llama(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _build(staging, seed=seed, context_length=context_length, shape=(hidden_size, layers, heads))
+        _build(
+            staging,
+            seed=seed,
+            context_length=context_length,
+            shape=(hidden_size, layers, heads),
+            runs_to_max_tokens=runs_to_max_tokens,
+        )
         if dest.exists():
             if is_complete(dest):  # another process finished first
                 return dest
@@ -120,7 +133,9 @@ def is_complete(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in _REQUIRED_FILES)
 
 
-def _build(folder: Path, *, seed: int, context_length: int, shape: tuple[int, int, int]) -> None:
+def _build(
+    folder: Path, *, seed: int, context_length: int, shape: tuple[int, int, int], runs_to_max_tokens: bool
+) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -144,6 +159,9 @@ def _build(folder: Path, *, seed: int, context_length: int, shape: tuple[int, in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    if runs_to_max_tokens:
+        with torch.no_grad():
+            model.lm_head.weight[tokenizer.eos_token_id].zero_()
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

