@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hearth.embedded import EmbeddedPostgres
-from orchestratord.adapters.migrate import upgrade_database
-from orchestratord.adapters.postgres import PostgresJobStore, create_engine
+from orchestratord.adapters.postgres import PostgresJobStore
 from orchestratord.adapters.storable import dumps_storable, storable
 from orchestratord.domain.jobs import (
     ActiveJob,
@@ -31,7 +29,6 @@ from orchestratord.domain.jobs import (
     Tokens,
 )
 from orchestratord.domain.journal import EventJournal
-from tests.conftest import create_database
 
 pytestmark = pytest.mark.unit
 
@@ -54,16 +51,6 @@ def test_storable_keeps_everything_but_nul_and_lone_surrogates() -> None:
     assert storable("plain") == "plain"
     # A backslash before u0000 is text, not an escape: kept as it was.
     assert json.loads(dumps_storable("\\u0000")) == "\\u0000"
-
-
-@pytest.fixture
-async def engine(postgres: EmbeddedPostgres) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(await create_database(postgres))
-    await upgrade_database(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def new_job(created_at: float) -> ActiveJob:

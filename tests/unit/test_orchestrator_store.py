@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hearth.embedded import EmbeddedPostgres
 from orchestratord.adapters.migrate import head_revision, upgrade_database
-from orchestratord.adapters.postgres import PostgresJobStore, create_engine
+from orchestratord.adapters.postgres import PostgresJobStore
 from orchestratord.api.convert import event_to_proto
 from orchestratord.domain.jobs import (
     ActiveJob,
@@ -27,22 +25,10 @@ from orchestratord.domain.jobs import (
     RouteDecision,
     Tokens,
 )
-from tests.conftest import create_database
 
 pytestmark = pytest.mark.unit
 
 ROUTE = RouteDecision(("tiny",), {"schema_version": 1, "chosen_target": "tiny"})
-
-
-@pytest.fixture
-async def engine(postgres: EmbeddedPostgres) -> AsyncIterator[AsyncEngine]:
-    """A fresh database per test, migrated."""
-    engine = create_engine(await create_database(postgres))
-    await upgrade_database(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def new_job(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from alembic import command
@@ -42,16 +41,6 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 T0 = 1_735_603_200.25  # 2024-12-31 00:00:00.25 UTC
 DAY = 86_400.0
-
-
-@pytest.fixture
-async def engine(postgres: EmbeddedPostgres) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(await create_database(postgres))
-    await upgrade_database(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

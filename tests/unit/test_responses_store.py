@@ -3,30 +3,14 @@ saved with their project, read and deleted only under it, NUL made storable."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hearth.chat import ChatMessage, ToolCall
-from hearth.embedded import EmbeddedPostgres
-from orchestratord.adapters.migrate import upgrade_database
-from orchestratord.adapters.postgres import create_engine
 from orchestratord.adapters.responses_store import PostgresResponseStore
 from orchestratord.api.openai_http.ports import StoredResponse
-from tests.conftest import create_database
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def engine(postgres: EmbeddedPostgres) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(await create_database(postgres))
-    await upgrade_database(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def test_a_response_is_kept_per_project(engine: AsyncEngine) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,11 +14,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hearth.chat import ChatMessage, ToolCall
-from hearth.embedded import EmbeddedPostgres
 from hearth.errors import NotFound
 from orchestratord.adapters import schema
-from orchestratord.adapters.migrate import upgrade_database
-from orchestratord.adapters.postgres import create_engine
 from orchestratord.adapters.task_store import PostgresTaskStore
 from orchestratord.domain.ports import TaskStore
 from orchestratord.domain.tasks import (
@@ -34,22 +30,10 @@ from orchestratord.domain.tasks import (
     TaskRun,
     TaskStatus,
 )
-from tests.conftest import create_database
 
 pytestmark = pytest.mark.unit
 
 T0 = 1_700_000_000.25
-
-
-@pytest.fixture
-async def engine(postgres: EmbeddedPostgres) -> AsyncIterator[AsyncEngine]:
-    """A fresh database per test, migrated."""
-    engine = create_engine(await create_database(postgres))
-    await upgrade_database(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

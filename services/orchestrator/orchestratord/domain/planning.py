@@ -225,12 +225,7 @@ class PlanService:
         facts = self._models.facts(served) if served else None
         input_tokens = record.input_tokens if record is not None else 0
         output_tokens = record.output_tokens if record is not None else 0
-        cost = 0.0
-        if facts is not None:
-            cost = (
-                input_tokens / 1000 * facts.price_input_per_1k
-                + output_tokens / 1000 * facts.price_output_per_1k
-            )
+        cost = facts.cost(input_tokens, output_tokens) if facts is not None else 0.0
         return replace(
             attempt,
             job_id=job.job_id,

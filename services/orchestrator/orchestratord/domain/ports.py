@@ -351,6 +351,11 @@ class ModelFacts:
     price_output_per_1k: float = 0.0
     #: The catalog's revision of the weights ("" when unknown).
     weights_digest: str = ""
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """What a job's usage costs at this model's prices."""
+        return input_tokens / 1000 * self.price_input_per_1k + output_tokens / 1000 * self.price_output_per_1k
+
     #: It runs off this machine (a cloud API): a task failing on it is not escalated.
     remote: bool = False
 
