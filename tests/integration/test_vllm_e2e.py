@@ -144,16 +144,19 @@ def total(samples: list[SAMPLE], name: str, **labels: str) -> float:
 
 
 async def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Await ``check()`` (sync or async) until it returns something truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.2)
-    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+    """Await ``check()`` (sync or async) until it returns something truthy; fail
+    saying ``what`` did not happen within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = check()
+                if asyncio.iscoroutine(result):
+                    result = await result
+                if result:
+                    return result
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout:g} s: {what}") from None
 
 
 async def vllm_idle(port: int) -> list[SAMPLE]:
@@ -223,7 +226,10 @@ async def test_a_job_streams_from_vllm_and_its_usage_is_vllms(client: AsyncClien
     assert done.state == orchestrator_pb2.JOB_STATE_COMPLETED
     assert (done.run.engine, done.run.worker_id, done.run.finish_reason) == ("vllm", WORKER, "LENGTH")
     assert "".join(t.text for t in tokens) == done.output and done.output.strip()
-    assert sum(t.token_count for t in tokens) == done.run.output_tokens == 40
+    # vLLM's usage is the count; the stream can only count chunks with text, and a
+    # token whose bytes end inside a UTF-8 character reaches the next chunk with it.
+    assert done.run.output_tokens == 40
+    assert len(tokens) <= sum(t.token_count for t in tokens) <= 40
     assert events[-1].completed.output_tokens == 40
     # Usage as vLLM counted it: its prompt and generation token counters moved by the run's numbers.
     prompt = total(after, "vllm:prompt_tokens_total") - total(before, "vllm:prompt_tokens_total")

