@@ -815,6 +815,16 @@ def _stats_row(row: Row[Any]) -> StatsRow:
     )
 
 
+async def _ensure_project(conn: AsyncConnection, project_id: str, at: float, by: str) -> list[NewEvent]:
+    """Create the project row unless it exists, in the caller's transaction;
+    the project.created event when it was created here (else no events)."""
+    project = {"id": project_id, "created_at": _ts(at), "created_by": by}
+    new_project = (await conn.execute(_INSERT_PROJECT, project)).first()
+    if new_project is None:
+        return []
+    return [_event("project.created", "project", new_project, by, project_id=project_id)]
+
+
 class PostgresTaskStore:
     """:class:`orchestratord.domain.ports.TaskStore` on Postgres.
 
@@ -871,17 +881,9 @@ class PostgresTaskStore:
     # --- tasks
 
     async def create_task(self, task: Task) -> Task:
-        project = {"id": task.project_id, "created_at": _ts(task.created_at), "created_by": task.created_by}
         async with self._engine.begin() as conn:
-            new_project = (await conn.execute(_INSERT_PROJECT, project)).first()
+            changes = await _ensure_project(conn, task.project_id, task.created_at, task.created_by)
             row = (await conn.execute(_INSERT_TASK, _task_values(task))).one()
-            changes = []
-            if new_project is not None:
-                changes.append(
-                    _event(
-                        "project.created", "project", new_project, task.created_by, project_id=task.project_id
-                    )
-                )
             changes.append(_task_event("task.created", row, task.created_by))
             events = await _append(conn, changes, _ts(task.created_at))
         self._committed(events)
@@ -1177,17 +1179,9 @@ class PostgresTaskStore:
 
     async def create_plan(self, plan: Plan) -> Plan:
         """Insert a plan (``plan_id`` ignored), creating its project when new."""
-        project = {"id": plan.project_id, "created_at": _ts(plan.created_at), "created_by": plan.created_by}
         async with self._engine.begin() as conn:
-            new_project = (await conn.execute(_INSERT_PROJECT, project)).first()
+            changes = await _ensure_project(conn, plan.project_id, plan.created_at, plan.created_by)
             row = (await conn.execute(_INSERT_PLAN, _plan_values(plan))).one()
-            changes = []
-            if new_project is not None:
-                changes.append(
-                    _event(
-                        "project.created", "project", new_project, plan.created_by, project_id=plan.project_id
-                    )
-                )
             changes.append(_plan_event("plan.proposed", row, plan.created_by))
             events = await _append(conn, changes, _ts(plan.created_at))
         self._committed(events)
